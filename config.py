@@ -1,0 +1,110 @@
+"""Configuration, read once from the environment and a `.env` file."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+DEV_API_KEY = "devkey"
+DEV_API_SECRET = "secret"
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot run with; the message says which."""
+
+
+@dataclass(frozen=True)
+class Config:
+    server_port: int = 6080
+    livekit_api_key: str = DEV_API_KEY
+    livekit_api_secret: str = DEV_API_SECRET
+    livekit_url: str = "ws://localhost:7880"
+    cors_allowed_origins: tuple[str, ...] = ("*",)
+    token_ttl: timedelta = timedelta(hours=6)
+    events_db: str = str(PROJECT_DIR / "data" / "events.sqlite3")
+    events_keep: int = 10_000
+    events_replay: int = 100
+    events_allowed_origins: tuple[str, ...] = ()
+    events_socket_queue: int = 1_000
+    events_redis_url: str = ""
+    app_env: str = "development"
+
+    @property
+    def uses_dev_credentials(self) -> bool:
+        return self.livekit_api_secret == DEV_API_SECRET
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    ) -> Config:
+        """Build the config; process variables win over the `.env` file."""
+        values: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+
+        def text(name: str, default: str) -> str:
+            return values.get(name, "").strip() or default
+
+        config = cls(
+            server_port=_integer(values, "SERVER_PORT", 6080, low=1, high=65535),
+            livekit_api_key=text("LIVEKIT_API_KEY", DEV_API_KEY),
+            livekit_api_secret=text("LIVEKIT_API_SECRET", DEV_API_SECRET),
+            livekit_url=text("LIVEKIT_URL", "ws://localhost:7880"),
+            cors_allowed_origins=_origins(text("CORS_ALLOWED_ORIGINS", "*")),
+            token_ttl=_duration(text("TOKEN_TTL", "6h"), "TOKEN_TTL"),
+            events_db=text("EVENTS_DB", cls.events_db),
+            events_keep=_integer(values, "EVENTS_KEEP", 10_000, low=1),
+            events_replay=_integer(values, "EVENTS_REPLAY", 100, low=0),
+            events_allowed_origins=_origins(text("EVENTS_ALLOWED_ORIGINS", "")),
+            events_socket_queue=_integer(values, "EVENTS_SOCKET_QUEUE", 1_000, low=1),
+            events_redis_url=text("EVENTS_REDIS_URL", ""),
+            app_env=text("APP_ENV", "development").lower(),
+        )
+        config.check()
+        return config
+
+    def check(self) -> None:
+        if self.app_env != "production":
+            return
+        if self.uses_dev_credentials or len(self.livekit_api_secret) < 32:
+            raise ConfigError(
+                "APP_ENV=production needs a real API secret: set LIVEKIT_API_KEY and "
+                "LIVEKIT_API_SECRET (32 characters or more) to the keys of your LiveKit server"
+            )
+
+
+def _integer(values: Mapping[str, str], name: str, default: int, low: int = 0, high: int | None = None) -> int:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        number = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    if number < low or (high is not None and number > high):
+        raise ConfigError(f"{name} must be between {low} and {high or 'any'}, not {number}")
+    return number
+
+
+_DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(raw: str, name: str) -> timedelta:
+    """Accept `3600`, `90s`, `30m`, `6h` or `1d`."""
+    match = _DURATION.match(raw.lower())
+    if not match or int(match.group(1)) == 0:
+        raise ConfigError(f"{name} must be a positive duration such as 3600, 30m or 6h, not {raw!r}")
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    return tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())

@@ -1,0 +1,132 @@
+"""What every JSON endpoint shares: JSON errors, CORS, bounded request bodies."""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+import tornado.web
+
+from config import Config
+
+
+class ApiError(tornado.web.HTTPError):
+    """An error whose message is meant for the client, sent as `{"errorMessage": ...}`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, reason=HTTPStatus(status).phrase)
+        self.message = message
+
+
+class ApiHandler(tornado.web.RequestHandler):
+    """Base of the JSON endpoints: every error is `{"errorMessage": ...}`, never a traceback."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    @property
+    def config(self) -> Config:
+        return self.settings["config"]
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, ApiError):
+            message = error.message
+        elif status_code >= 500:
+            message = "Internal server error"
+        else:
+            message = self._reason
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"errorMessage": message}))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # Client errors are expected traffic: log one line, not a traceback.
+        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
+            return
+        super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(ApiHandler):
+    def prepare(self) -> None:
+        raise ApiError(404, f"No such endpoint: {self.request.path}")
+
+
+class CorsMixin(ApiHandler):
+    """CORS for endpoints that browser clients call from other origins (tutorial dev
+    servers on :5080, Electron's `Origin: null`); no credentials are ever involved."""
+
+    cors_methods = "POST, OPTIONS"
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        origin = self.request.headers.get("Origin")
+        allowed = self.config.cors_allowed_origins
+        if origin is None:
+            return
+        if "*" in allowed:
+            self.set_header("Access-Control-Allow-Origin", "*")
+        elif origin.rstrip("/") in allowed:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
+        else:
+            return
+        self.set_header("Access-Control-Expose-Headers", "Retry-After")
+
+    def options(self, *args: Any) -> None:
+        if not self._headers.get("Access-Control-Allow-Origin"):
+            raise ApiError(403, "Origin not allowed by CORS_ALLOWED_ORIGINS")
+        self.set_header("Access-Control-Allow-Methods", self.cors_methods)
+        self.set_header("Access-Control-Allow-Headers", "Content-Type, Authorization")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
+
+
+@tornado.web.stream_request_body
+class BodyHandler(ApiHandler):
+    """Reads the body itself so an oversized one is refused before it is read whole."""
+
+    max_body_bytes = 64 * 1024
+    content_types: tuple[str, ...] = ("application/json",)
+
+    def prepare(self) -> None:
+        self._chunks: list[bytes] = []
+        self._received = 0
+        if self.request.method != "POST":
+            return
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
+        content_type = self.request.headers.get("Content-Type", "")
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        if media_type not in self.content_types:
+            raise ApiError(415, f"Content-Type must be {' or '.join(self.content_types)}")
+
+    def data_received(self, chunk: bytes) -> None:
+        # A chunked body has no declared length: stop keeping it once it is too large
+        # (the server's max_body_size cuts the connection further on).
+        self._received += len(chunk)
+        if self._received <= self.max_body_bytes:
+            self._chunks.append(chunk)
+
+    @property
+    def raw_body(self) -> bytes:
+        if self._received > self.max_body_bytes:
+            raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
+        return b"".join(self._chunks)
+
+    def json_object(self) -> dict[str, Any]:
+        try:
+            payload = json.loads(self.raw_body)
+        except (ValueError, RecursionError):
+            raise ApiError(400, "Request body is not valid JSON") from None
+        if not isinstance(payload, dict):
+            raise ApiError(400, "Request body must be a JSON object")
+        return payload

@@ -1,0 +1,130 @@
+"""WS /events: replay by cursor, then live events; GET /events/history: the same, as a list."""
+
+from __future__ import annotations
+
+import logging
+from asyncio import Future
+from urllib.parse import urlsplit
+
+import tornado.websocket
+
+from eventlog import EventLog, Frame, StoreUnavailable
+from eventlog.base import notice
+from handlers.base import ApiError, ApiHandler
+
+log = logging.getLogger(__name__)
+
+# Close code for a socket that cannot keep up: policy violation, with a reason that says so.
+CLOSE_TOO_SLOW = 1008
+CLOSE_GOING_AWAY = 1001
+HISTORY_MAX = 1000
+
+
+class EventsSocketHandler(tornado.websocket.WebSocketHandler):
+    """Relays what the event log yields; knows nothing about webhooks or tokens."""
+
+    def initialize(self, event_log: EventLog) -> None:
+        self.event_log = event_log
+        self.queue_limit: int = self.settings["config"].events_socket_queue
+        # Live frames that arrive while the replay is being sent wait here.
+        self.held: list[Frame] | None = []
+        self.last_order = (-1, -1)
+        self.in_flight = 0
+        self.last_write: Future[None] | None = None
+
+    def check_origin(self, origin: str) -> bool:
+        # The events name participants: only this server's own pages and listed origins.
+        allowed = self.settings["config"].events_allowed_origins
+        if origin.rstrip("/") in allowed or "*" in allowed:
+            return True
+        return urlsplit(origin).netloc.lower() == self.request.host.lower()
+
+    async def open(self) -> None:
+        self.event_log.subscribe(self)
+        since = self.get_query_argument("since", None) or None
+        try:
+            replay = await self.event_log.read(since, _replay_limit(since, self.event_log))
+        except StoreUnavailable:
+            self.tell(notice("store_unavailable", "The event store cannot be read; live events follow"))
+            replay = None
+        if replay is not None:
+            if replay.notice is not None:
+                self.tell(replay.notice)
+            for frame in replay.frames:
+                if self.in_flight >= self.queue_limit // 2 + 1 and self.last_write is not None:
+                    # A long replay waits for the socket instead of counting as slowness.
+                    try:
+                        await self.last_write
+                    except tornado.websocket.WebSocketClosedError:
+                        return
+                self.send(frame)
+        held, self.held = self.held or [], None
+        for frame in held:
+            self.deliver(frame)
+
+    def deliver(self, frame: Frame) -> None:
+        if self.held is not None:
+            self.held.append(frame)
+            if len(self.held) > self.queue_limit:
+                self.too_slow()
+        elif frame.order > self.last_order:
+            self.send(frame)
+
+    def send(self, frame: Frame) -> None:
+        if self.in_flight >= self.queue_limit:
+            self.too_slow()
+            return
+        self.last_order = frame.order
+        self.write_frame(frame.data)
+
+    def tell(self, notice_data: bytes) -> None:
+        self.write_frame(notice_data)
+
+    def write_frame(self, data: bytes) -> None:
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        # bytes with binary=False: a text frame, encoded once for every socket.
+        future = self.last_write = self.write_message(data)
+        self.in_flight += 1
+        future.add_done_callback(self.frame_written)
+
+    def frame_written(self, future: Future[None]) -> None:
+        self.in_flight -= 1
+        if not future.cancelled():
+            future.exception()  # a closed peer is handled by on_close; mark it seen
+
+    def too_slow(self) -> None:
+        self.event_log.unsubscribe(self)
+        log.warning("closing events socket from %s: %d frames waiting", self.request.remote_ip, self.queue_limit)
+        self.close(CLOSE_TOO_SLOW, f"Too slow: more than {self.queue_limit} events waiting; reconnect with your cursor")
+
+    def on_message(self, message: str | bytes) -> None:
+        """Clients have nothing to say; the socket only carries events to them."""
+
+    def on_close(self) -> None:
+        self.event_log.unsubscribe(self)
+
+
+class EventHistoryHandler(ApiHandler):
+    """GET /events/history?since=&limit=: the frames a socket would replay, as a JSON list."""
+
+    def initialize(self, event_log: EventLog) -> None:
+        self.event_log = event_log
+
+    async def get(self) -> None:
+        since = self.get_query_argument("since", None) or None
+        raw_limit = self.get_query_argument("limit", "100")
+        if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= HISTORY_MAX:
+            raise ApiError(400, f"limit must be a whole number from 1 to {HISTORY_MAX}")
+        try:
+            replay = await self.event_log.read(since, int(raw_limit))
+        except StoreUnavailable:
+            raise ApiError(503, "The event store cannot be read; retry later") from None
+        parts = ([replay.notice] if replay.notice else []) + [frame.data for frame in replay.frames]
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(b"[" + b",".join(parts) + b"]")
+
+
+def _replay_limit(since: str | None, event_log: EventLog) -> int:
+    # After a cursor: everything that is kept; without one: the newest EVENTS_REPLAY.
+    return event_log.replay_count if since is None else 1_000_000

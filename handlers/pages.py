@@ -1,0 +1,42 @@
+"""GET / (the demo page), GET /healthz, and the vendored LiveKit JS client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tornado.web
+from jinja2 import Environment
+
+from eventlog import EventLog
+from handlers.base import ApiHandler
+
+
+class IndexHandler(tornado.web.RequestHandler):
+    def get(self) -> None:
+        environment: Environment = self.settings["jinja"]
+        config = self.settings["config"]
+        page = environment.get_template("index.html").render(
+            livekit_url=config.livekit_url, static_url=self.static_url
+        )
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(page)
+
+
+class HealthHandler(ApiHandler):
+    """Liveness and readiness: non-200 while the event store is down, for load balancers."""
+
+    def initialize(self, event_log: EventLog) -> None:
+        self.event_log = event_log
+
+    def get(self) -> None:
+        store: dict[str, Any] = self.event_log.health()
+        status = 200 if store["ok"] else 503
+        self.write_json({"status": "ok" if store["ok"] else "degraded", "eventStore": store,
+                         "sockets": self.event_log.subscriber_count}, status=status)
+
+
+class VendorFileHandler(tornado.web.StaticFileHandler):
+    """The npm-installed livekit-client, served from this origin (no CDN)."""
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")

@@ -1,0 +1,95 @@
+"""POST /livekit/webhook and /webhook: verify LiveKit's signed events, then log them."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+import jwt
+from livekit.api import TokenVerifier
+
+from eventlog import EventLog, StoreUnavailable
+from handlers.base import ApiError, BodyHandler
+
+log = logging.getLogger(__name__)
+
+# LiveKit signs each webhook with a 5-minute token; this much clock skew is tolerated.
+WEBHOOK_LEEWAY = timedelta(seconds=60)
+
+
+class WebhookVerifier:
+    """What livekit-api's WebhookReceiver checks, on the raw bytes of the body and
+    with a constant-time comparison of the hash (WebhookReceiver takes a str and
+    compares with `!=`). The JWT itself is checked by livekit-api's TokenVerifier."""
+
+    def __init__(self, api_key: str, api_secret: str) -> None:
+        self._verifier = TokenVerifier(api_key, api_secret, leeway=WEBHOOK_LEEWAY)
+
+    def verify(self, body: bytes, authorization: str) -> None:
+        token = authorization.removeprefix("Bearer ").strip()
+        if not token:
+            raise ApiError(401, "Missing Authorization header with the webhook's signed token")
+        try:
+            claims = self._verifier.verify(token)
+            claimed = base64.b64decode(claims.sha256 or "", validate=True)
+        except (jwt.PyJWTError, ValueError, TypeError, AttributeError):
+            # TypeError/AttributeError: a signed token whose grants have the wrong shape.
+            raise ApiError(401, "Webhook signature is not valid for this API key and secret") from None
+        if not claimed or not hmac.compare_digest(hashlib.sha256(body).digest(), claimed):
+            raise ApiError(401, "Webhook body does not match its signature")
+
+
+class WebhookHandler(BodyHandler):
+    max_body_bytes = 1024 * 1024
+    content_types = ("application/webhook+json", "application/json")
+
+    def initialize(self, event_log: EventLog, verifier: WebhookVerifier) -> None:
+        self.event_log = event_log
+        self.verifier = verifier
+
+    async def post(self) -> None:
+        body = self.raw_body
+        self.verifier.verify(body, self.request.headers.get("Authorization", ""))
+        event = _webhook_event(body)
+        event_json = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        try:
+            frame = await self.event_log.append(event["id"], int(time.time() * 1000), event_json)
+        except StoreUnavailable:
+            # LiveKit retries a 5xx: nothing was acknowledged, nothing was broadcast.
+            raise ApiError(503, "The event store is unavailable; retry later") from None
+        room = event.get("room", {}).get("name", "")
+        if frame is None:
+            log.info("webhook %s %s room=%s: duplicate, not stored again", event["id"], event["event"], room)
+            self.write_json({"status": "duplicate"})
+        else:
+            log.info("webhook %s %s room=%s: stored as %s", event["id"], event["event"], room, frame.cursor)
+            self.write_json({"status": "stored", "cursor": frame.cursor})
+
+
+def _webhook_event(body: bytes) -> dict[str, Any]:
+    """The event as LiveKit sent it; unknown event names and fields pass through."""
+    try:
+        event = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "Webhook body is not valid JSON") from None
+    if not isinstance(event, dict):
+        raise ApiError(400, "Webhook body is not a webhook event (not a JSON object)")
+    for field in ("event", "id"):
+        value = event.get(field)
+        if not isinstance(value, str) or not value or len(value) > 256:
+            raise ApiError(400, f"Webhook body is not a webhook event (no valid {field!r} field)")
+    room = event.get("room", {})
+    if not isinstance(room, dict):
+        raise ApiError(400, "Webhook body is not a webhook event ('room' is not an object)")
+    return event
+
+
+def _refuse_constant(name: str) -> None:
+    # NaN and Infinity are not JSON: a browser could not parse the frame.
+    raise ValueError(name)
