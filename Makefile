@@ -1,0 +1,77 @@
+# One task runner: `make run` and `make test` set up what they need, idempotently.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+LIVEKIT_VERSION := v1.13.5
+LIVEKIT_BIN := tools/bin/livekit-server
+
+.PHONY: run test lint unit setup setup-dev system-packages livekit bench soak screenshot clean
+
+run: setup
+	@$(PY) -m dev.run
+
+test: setup-dev lint
+	$(PY) -m pytest
+
+lint: setup-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+setup: $(VENV)/.runtime node_modules/.installed
+
+setup-dev: setup $(VENV)/.dev system-packages livekit
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt requirements.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Debian's chromium (browser tests), redis-server (shared event log) and wrk (bench),
+# installed when missing and when we may; otherwise the tests say what is missing.
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "Not installed (needs root and apt-get):$$missing"; fi; \
+	fi
+
+# The real LiveKit server, for the end-to-end tests and `make run`: the one on PATH,
+# or a pinned release built with Go into tools/bin.
+livekit:
+	@if command -v livekit-server >/dev/null || [ -x $(LIVEKIT_BIN) ]; then :; \
+	elif command -v go >/dev/null; then \
+	  echo "Building livekit-server $(LIVEKIT_VERSION) into tools/bin (a few minutes, once)"; \
+	  mkdir -p tools/bin && \
+	  GOBIN=$(CURDIR)/tools/bin go install github.com/livekit/livekit-server/cmd/server@$(LIVEKIT_VERSION) && \
+	  mv tools/bin/server $(LIVEKIT_BIN); \
+	else echo "No livekit-server and no Go: end-to-end tests will skip (fail in CI)"; fi
+
+bench: setup-dev
+	$(PY) -m bench.run
+
+soak: setup-dev
+	$(PY) -m bench.soak
+
+screenshot: setup-dev
+	$(PY) -m pytest tests/test_page.py -k screenshot -q
+
+clean:
+	rm -rf $(VENV) node_modules tools data

@@ -1,0 +1,45 @@
+"""`make run`: the server, plus a dev livekit-server when LIVEKIT_URL is the default and
+nothing listens there yet, so that one command gives a room a browser can join."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import server
+from config import Config, ConfigError
+from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, is_listening
+
+DEFAULT_LIVEKIT_URL = "ws://localhost:7880"
+log = logging.getLogger("dev.run")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = Config.from_env()
+    except ConfigError as error:
+        raise SystemExit(f"Configuration error: {error}") from None
+    livekit = None
+    if config.livekit_url.rstrip("/") == DEFAULT_LIVEKIT_URL and not is_listening(7880):
+        binary = find_binary()
+        if binary is None:
+            log.warning("Nothing listens on %s and %s", DEFAULT_LIVEKIT_URL, HOW_TO_GET)
+        else:
+            webhook_url = f"http://127.0.0.1:{config.server_port}/livekit/webhook"
+            livekit = LiveKitServer(
+                binary, webhook_url, port=7880, keys={config.livekit_api_key: config.livekit_api_secret},
+                webhook_api_key=config.livekit_api_key,
+            ).start()
+            log.info("Started livekit-server (%s) on %s, webhooks to %s; log in %s",
+                     binary, DEFAULT_LIVEKIT_URL, webhook_url, livekit.log_path)
+    try:
+        asyncio.run(server.main())
+    finally:
+        if livekit is not None:
+            livekit.stop()
+            log.info("Stopped livekit-server")
+
+
+if __name__ == "__main__":
+    main()
