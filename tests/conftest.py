@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import base64
 import json
+import os
 import secrets
+import shutil
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +18,7 @@ from livekit.api import AccessToken
 
 from config import Config
 from server import make_app
+from tests.processes import ServerProcess
 
 API_KEY = "devkey"
 API_SECRET = "secret"
@@ -57,3 +61,76 @@ def webhook_request(event: dict[str, Any] | bytes, **sign_args: Any) -> dict[str
         "headers": {"Content-Type": "application/webhook+json", "Authorization": sign(body, **sign_args)},
         "raise_error": False,
     }
+
+
+def require(component: str, available: bool, how: str) -> None:
+    """Skip a test whose real component is missing; in CI, fail instead."""
+    if available:
+        return
+    message = f"{component} is not available: {how}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message + " (CI=true: a missing real component fails the run)", pytrace=False)
+    pytest.skip(message)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Any:
+    require("Chromium", Path(CHROMIUM).is_file(), "install Debian's chromium (`make system-packages` as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Any:
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Any:
+    """This server in a subprocess on a free port, with its own event store."""
+    started: list[ServerProcess] = []
+
+    def start(**env: str) -> ServerProcess:
+        process = ServerProcess(tmp_path, **env).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def post_webhook(base_url: str, event: dict[str, Any], path: str = "/livekit/webhook", **sign_args: Any) -> int:
+    """POST a signed webhook the way livekit-server does; returns the status code."""
+    import urllib.error
+    import urllib.request
+
+    request = webhook_request(event, **sign_args)
+    http_request = urllib.request.Request(base_url + path, data=request["body"], headers=request["headers"])
+    try:
+        with urllib.request.urlopen(http_request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
