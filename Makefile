@@ -71,7 +71,7 @@ soak: setup-dev
 	$(PY) -m bench.soak
 
 screenshot: setup-dev
-	$(PY) -m pytest tests/test_page.py -k screenshot -q
+	SCREENSHOT=1 $(PY) -m pytest tests/test_e2e.py -k screenshot -q
 
 clean:
 	rm -rf $(VENV) node_modules tools data

@@ -81,7 +81,9 @@ class Config:
             )
 
 
-def _integer(values: Mapping[str, str], name: str, default: int, low: int = 0, high: int | None = None) -> int:
+def _integer(
+    values: Mapping[str, str], name: str, default: int, low: int = 0, high: int | None = None
+) -> int:
     raw = values.get(name, "").strip()
     if not raw:
         return default

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import warnings
+from typing import Any
 
 import jwt
 import tornado.httpserver
@@ -33,7 +34,7 @@ def make_app(config: Config, event_log: EventLog | None = None) -> tornado.web.A
     event_log = event_log or open_event_log(config)
     verifier = WebhookVerifier(config.livekit_api_key, config.livekit_api_secret)
     webhook = (WebhookHandler, {"event_log": event_log, "verifier": verifier})
-    routes = [
+    routes: list[Any] = [
         (r"/", IndexHandler),
         (r"/+token", TokenHandler),  # `//token`: the iOS client's URL when its base ends in /
         (r"/livekit/webhook", *webhook),
@@ -41,8 +42,11 @@ def make_app(config: Config, event_log: EventLog | None = None) -> tornado.web.A
         (r"/events", EventsSocketHandler, {"event_log": event_log}),
         (r"/events/history", EventHistoryHandler, {"event_log": event_log}),
         (r"/healthz", HealthHandler, {"event_log": event_log}),
-        (r"/vendor/livekit-client/(.*)", VendorFileHandler,
-         {"path": str(PROJECT_DIR / "node_modules" / "livekit-client" / "dist")}),
+        (
+            r"/vendor/livekit-client/(.*)",
+            VendorFileHandler,
+            {"path": str(PROJECT_DIR / "node_modules" / "livekit-client" / "dist")},
+        ),
     ]
     jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
     return tornado.web.Application(
@@ -65,8 +69,10 @@ async def main() -> None:
     except ConfigError as error:
         raise SystemExit(f"Configuration error: {error}") from None
     if config.uses_dev_credentials:
-        log.warning("Using the development API key and secret (devkey/secret): fine for a local "
-                    "LiveKit server in dev mode, never for a reachable one")
+        log.warning(
+            "Using the development API key and secret (devkey/secret): fine for a local "
+            "LiveKit server in dev mode, never for a reachable one"
+        )
     elif len(config.livekit_api_secret) < 32:
         log.warning("LIVEKIT_API_SECRET is shorter than 32 characters; use a longer one")
     app = make_app(config)
@@ -74,8 +80,12 @@ async def main() -> None:
     await event_log.start()
     server = tornado.httpserver.HTTPServer(app, max_body_size=MAX_BODY_BYTES, xheaders=False)
     server.listen(config.server_port)
-    log.info("Listening on http://localhost:%d (LiveKit at %s, events in %s)", config.server_port,
-             config.livekit_url, event_log.health()["store"])
+    log.info(
+        "Listening on http://localhost:%d (LiveKit at %s, events in %s)",
+        config.server_port,
+        config.livekit_url,
+        event_log.health()["store"],
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -84,7 +84,9 @@ class LiveKitServer:
         while not is_listening(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"livekit-server did not start; its log:\n{self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"livekit-server did not start; its log:\n{self.log_path.read_text()[-3000:]}"
+                )
             time.sleep(0.1)
         return self
 

@@ -28,11 +28,19 @@ def main() -> None:
         else:
             webhook_url = f"http://127.0.0.1:{config.server_port}/livekit/webhook"
             livekit = LiveKitServer(
-                binary, webhook_url, port=7880, keys={config.livekit_api_key: config.livekit_api_secret},
+                binary,
+                webhook_url,
+                port=7880,
+                keys={config.livekit_api_key: config.livekit_api_secret},
                 webhook_api_key=config.livekit_api_key,
             ).start()
-            log.info("Started livekit-server (%s) on %s, webhooks to %s; log in %s",
-                     binary, DEFAULT_LIVEKIT_URL, webhook_url, livekit.log_path)
+            log.info(
+                "Started livekit-server (%s) on %s, webhooks to %s; log in %s",
+                binary,
+                DEFAULT_LIVEKIT_URL,
+                webhook_url,
+                livekit.log_path,
+            )
     try:
         asyncio.run(server.main())
     finally:

@@ -27,7 +27,7 @@ class Frame:
 
 
 def make_frame(order: tuple[int, int], cursor: str, received_at: int, event_json: str) -> Frame:
-    text = '{"cursor":"%s","receivedAt":%d,"event":%s}' % (cursor, received_at, event_json)
+    text = f'{{"cursor":"{cursor}","receivedAt":{received_at},"event":{event_json}}}'
     return Frame(order, cursor, text.encode())
 
 
@@ -78,7 +78,7 @@ class EventLog(ABC):
         for subscriber in tuple(self._subscribers):
             subscriber.close(code, reason)
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - a store with no background work keeps this
         """Connect and start background work; called once the event loop runs."""
 
     @abstractmethod

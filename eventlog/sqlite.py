@@ -112,9 +112,16 @@ class SqliteEventLog(EventLog):
     def _read(self, since: str | None, limit: int) -> Replay:
         db = self._db
         if since is None:
-            return Replay(None, self._frames(db.execute(
-                "SELECT * FROM (SELECT seq, received_at, event FROM events ORDER BY seq DESC LIMIT ?)"
-                " ORDER BY seq", (limit,))))
+            return Replay(
+                None,
+                self._frames(
+                    db.execute(
+                        "SELECT * FROM (SELECT seq, received_at, event FROM events ORDER BY seq DESC LIMIT ?)"
+                        " ORDER BY seq",
+                        (limit,),
+                    )
+                ),
+            )
         position = parse_cursor(since)
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         last_seq = row[0] if row else 0
@@ -123,8 +130,12 @@ class SqliteEventLog(EventLog):
             message = "This cursor is not one of this server's; sending the newest events instead"
             return Replay(notice("unknown_cursor", message, since=since), newest.frames)
         after = position[0]
-        frames = self._frames(db.execute(
-            "SELECT seq, received_at, event FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)))
+        frames = self._frames(
+            db.execute(
+                "SELECT seq, received_at, event FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            )
+        )
         oldest = db.execute("SELECT min(seq) FROM events").fetchone()[0]
         if oldest is not None and oldest > after + 1:
             message = f"Events after {since} up to {oldest - 1} are no longer kept; sending what is"

@@ -44,7 +44,7 @@ class ApiHandler(tornado.web.RequestHandler):
         else:
             message = self._reason
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps({"errorMessage": message}))
+        self.finish(json.dumps({"errorMessage": message}, separators=(",", ":"), ensure_ascii=False))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Client errors are expected traffic: log one line, not a traceback.

@@ -95,8 +95,13 @@ class EventsSocketHandler(tornado.websocket.WebSocketHandler):
 
     def too_slow(self) -> None:
         self.event_log.unsubscribe(self)
-        log.warning("closing events socket from %s: %d frames waiting", self.request.remote_ip, self.queue_limit)
-        self.close(CLOSE_TOO_SLOW, f"Too slow: more than {self.queue_limit} events waiting; reconnect with your cursor")
+        log.warning(
+            "closing events socket from %s: %d frames waiting", self.request.remote_ip, self.queue_limit
+        )
+        self.close(
+            CLOSE_TOO_SLOW,
+            f"Too slow: more than {self.queue_limit} events waiting; reconnect with your cursor",
+        )
 
     def on_message(self, message: str | bytes) -> None:
         """Clients have nothing to say; the socket only carries events to them."""

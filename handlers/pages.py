@@ -31,8 +31,14 @@ class HealthHandler(ApiHandler):
     def get(self) -> None:
         store: dict[str, Any] = self.event_log.health()
         status = 200 if store["ok"] else 503
-        self.write_json({"status": "ok" if store["ok"] else "degraded", "eventStore": store,
-                         "sockets": self.event_log.subscriber_count}, status=status)
+        self.write_json(
+            {
+                "status": "ok" if store["ok"] else "degraded",
+                "eventStore": store,
+                "sockets": self.event_log.subscriber_count,
+            },
+            status=status,
+        )
 
 
 class VendorFileHandler(tornado.web.StaticFileHandler):

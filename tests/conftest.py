@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -25,8 +25,11 @@ API_SECRET = "secret"
 
 
 @pytest.fixture
-def config(tmp_path: Any) -> Config:
-    return Config(events_db=str(tmp_path / "events.sqlite3"), cors_allowed_origins=("*",))
+def config(tmp_path: Any, request: pytest.FixtureRequest) -> Config:
+    """Test settings; a test changes some with `@pytest.mark.settings(name=value)`."""
+    marker = request.node.get_closest_marker("settings")
+    overrides = marker.kwargs if marker else {}
+    return Config(**{"events_db": str(tmp_path / "events.sqlite3"), **overrides})
 
 
 @pytest.fixture
@@ -46,7 +49,9 @@ def webhook_event(event: str = "room_started", room: str = "R", **extra: Any) ->
     return body
 
 
-def sign(body: bytes, secret: str = API_SECRET, key: str = API_KEY, ttl: timedelta = timedelta(minutes=5)) -> str:
+def sign(
+    body: bytes, secret: str = API_SECRET, key: str = API_KEY, ttl: timedelta = timedelta(minutes=5)
+) -> str:
     """The Authorization header livekit-server sends: HS256 JWT, iss = key, sha256 of the body."""
     digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
     return AccessToken(key, secret).with_sha256(digest).with_ttl(ttl).to_jwt()
@@ -88,9 +93,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Any:
-    require("Chromium", Path(CHROMIUM).is_file(), "install Debian's chromium (`make system-packages` as root)")
+    # Module scope: Playwright's sync API holds an event loop on this thread while it
+    # runs, which the Tornado tests of other modules need free.
+    require(
+        "Chromium", Path(CHROMIUM).is_file(), "install Debian's chromium (`make system-packages` as root)"
+    )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -122,7 +131,9 @@ def server_process(tmp_path: Path) -> Any:
         process.stop()
 
 
-def post_webhook(base_url: str, event: dict[str, Any], path: str = "/livekit/webhook", **sign_args: Any) -> int:
+def post_webhook(
+    base_url: str, event: dict[str, Any], path: str = "/livekit/webhook", **sign_args: Any
+) -> int:
     """POST a signed webhook the way livekit-server does; returns the status code."""
     import urllib.error
     import urllib.request

@@ -39,7 +39,10 @@ class ServerProcess:
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 [sys.executable, str(PROJECT_DIR / "server.py")],
-                cwd=self.log_path.parent, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
+                cwd=self.log_path.parent,
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
         while True:

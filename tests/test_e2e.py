@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProc
     workdir = tmp_path_factory.mktemp("e2e")
     livekit_port, app_port = free_port(), free_port()
     app = ServerProcess(workdir, SERVER_PORT=str(app_port), LIVEKIT_URL=f"ws://127.0.0.1:{livekit_port}")
-    livekit = LiveKitServer(binary, f"http://127.0.0.1:{app_port}/livekit/webhook", port=livekit_port,
-                            empty_timeout=5, departure_timeout=2, log_path=workdir / "livekit.log")
+    livekit = LiveKitServer(
+        binary,
+        f"http://127.0.0.1:{app_port}/livekit/webhook",
+        port=livekit_port,
+        empty_timeout=5,
+        departure_timeout=2,
+        log_path=workdir / "livekit.log",
+    )
     try:
         app.start()
         livekit.start()
@@ -62,16 +69,19 @@ def wait_for_event(page: Any, event_type: str, room: str, text: str = "") -> Non
     """Wait until the panel has a row of that type and room whose summary contains `text`."""
     page.wait_for_function(
         """([type, room, text]) => [...document.querySelectorAll('#event-list li.event')].some(
-             row => row.dataset.type === type && row.dataset.room === room && row.textContent.includes(text))""",
-        arg=[event_type, room, text], timeout=WAIT_MS,
+             row => row.dataset.type === type && row.dataset.room === room
+                    && row.textContent.includes(text))""",
+        arg=[event_type, room, text],
+        timeout=WAIT_MS,
     )
 
 
 def wait_for_playing_video(page: Any, identity: str) -> None:
     page.wait_for_function(
-        "id => { const v = document.querySelector(`.tile[data-identity=\"${id}\"] video`);"
+        'id => { const v = document.querySelector(`.tile[data-identity="${id}"] video`);'
         " return Boolean(v && v.videoWidth > 0 && !v.paused); }",
-        arg=identity, timeout=WAIT_MS,
+        arg=identity,
+        timeout=WAIT_MS,
     )
 
 
@@ -112,10 +122,12 @@ def test_c_token_source_endpoint_joins(browser: Any, stack: Any) -> None:
     result = page.evaluate(
         """async () => {
              const { Room, TokenSource } = await import('/vendor/livekit-client/livekit-client.esm.mjs');
-             const details = await TokenSource.endpoint('/token').fetch({ roomName: 'room-c', participantIdentity: 'carl' });
+             const details = await TokenSource.endpoint('/token').fetch(
+               { roomName: 'room-c', participantIdentity: 'carl' });
              const room = new Room();
              await room.connect(details.serverUrl, details.participantToken);
-             const joined = { serverUrl: details.serverUrl, state: room.state, identity: room.localParticipant.identity, room: room.name };
+             const joined = { serverUrl: details.serverUrl, state: room.state,
+                              identity: room.localParticipant.identity, room: room.name };
              await room.disconnect();
              return joined;
            }"""
@@ -157,21 +169,28 @@ def test_d_a_tutorial_page_on_another_origin_gets_a_token_through_cors(
     port = free_port()
     static_server = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         context = browser.new_context()
         page = context.new_page()
         origins: set[str] = set()
-        page.on("request", lambda request: request.url.endswith("/token") and origins.add(
-            request.all_headers().get("origin", "")))
+        page.on(
+            "request",
+            lambda request: (
+                request.url.endswith("/token") and origins.add(request.all_headers().get("origin", ""))
+            ),
+        )
         for _ in range(50):
             try:
                 page.goto(f"http://127.0.0.1:{port}/index.html")
                 break
             except Exception:
                 time.sleep(0.1)
-        page.wait_for_function("document.getElementById('status').textContent !== 'starting'", timeout=WAIT_MS)
+        page.wait_for_function(
+            "document.getElementById('status').textContent !== 'starting'", timeout=WAIT_MS
+        )
         assert page.inner_text("#status") == "joined room-d as dora"
         assert origins == {f"http://127.0.0.1:{port}"}  # a cross-origin request...
         assert "204 OPTIONS /token" in app.log_text()  # ...preflighted for real
@@ -180,7 +199,9 @@ def test_d_a_tutorial_page_on_another_origin_gets_a_token_through_cors(
     finally:
         static_server.terminate()
         static_server.wait()
-    assert any(frame.get("event", {}).get("participant", {}).get("identity") == "dora" for frame in app.history())
+    assert any(
+        frame.get("event", {}).get("participant", {}).get("identity") == "dora" for frame in app.history()
+    )
 
 
 def test_e_a_livekit_server_with_the_wrong_secret_is_refused(tmp_path: Path, server_process: Any) -> None:
@@ -189,7 +210,9 @@ def test_e_a_livekit_server_with_the_wrong_secret_is_refused(tmp_path: Path, ser
     assert binary is not None
     app = server_process()
     wrong = {"devkey": "a-different-secret-that-is-long-enough-0123"}
-    livekit = LiveKitServer(binary, app.url + "/livekit/webhook", keys=wrong, log_path=tmp_path / "lk.log").start()
+    livekit = LiveKitServer(
+        binary, app.url + "/livekit/webhook", keys=wrong, log_path=tmp_path / "lk.log"
+    ).start()
     try:
         from livekit import api
 
@@ -207,3 +230,24 @@ def test_e_a_livekit_server_with_the_wrong_secret_is_refused(tmp_path: Path, ser
         assert app.history() == [], "a webhook signed with the wrong secret reached the event log"
     finally:
         livekit.stop()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SCREENSHOT"), reason="`make screenshot` regenerates docs/screenshot.png"
+)
+def test_screenshot_for_the_readme(browser: Any, stack: Any) -> None:
+    app, _ = stack
+    alice = open_page(browser, app.url + "/")
+    bob = open_page(browser, app.url + "/")
+    join(alice, "demo-room", "alice")
+    join(bob, "demo-room", "bob")
+    wait_for_playing_video(alice, "bob")
+    wait_for_playing_video(alice, "alice")
+    wait_for_event(alice, "track_published", "demo-room", "bob")
+    alice.locator("#event-list li.event button").first.click()
+    alice.wait_for_timeout(500)
+    (PROJECT_DIR / "docs").mkdir(exist_ok=True)
+    alice.screenshot(path=str(PROJECT_DIR / "docs" / "screenshot.png"))
+    for page in (alice, bob):
+        page.click("#leave-button")
+        page.context.close()

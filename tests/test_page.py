@@ -37,7 +37,9 @@ def test_a_webhook_appears_in_the_panel_with_its_json(page: Any, server_process:
     server = server_process()
     page.goto(server.url + "/")
     page.wait_for_selector('#socket-state[data-state="live"]')
-    event = webhook_event("participant_joined", room="standup", participant={"identity": "carol", "sid": "PA_9"})
+    event = webhook_event(
+        "participant_joined", room="standup", participant={"identity": "carol", "sid": "PA_9"}
+    )
     assert post_webhook(server.url, event) == 200
     row = event_rows(page).first
     row.wait_for()
@@ -55,8 +57,11 @@ def test_filters_by_type_and_by_room(page: Any, server_process: Any) -> None:
     server = server_process()
     page.goto(server.url + "/")
     page.wait_for_selector('#socket-state[data-state="live"]')
-    for event in (webhook_event("room_started", room="a"), webhook_event("room_started", room="b"),
-                  webhook_event("participant_joined", room="a")):
+    for event in (
+        webhook_event("room_started", room="a"),
+        webhook_event("room_started", room="b"),
+        webhook_event("participant_joined", room="a"),
+    ):
         assert post_webhook(server.url, event) == 200
     page.wait_for_function("document.querySelectorAll('#event-list li.event').length === 3")
     page.select_option("#type-filter", "room_started")
@@ -105,7 +110,9 @@ def test_the_panel_resumes_after_a_restart_without_duplicates(page: Any, server_
     assert post_webhook(server.url, after) == 200
     page.wait_for_function("document.getElementById('event-count').textContent === '4'")
     page.wait_for_selector('#socket-state[data-state="live"]')
-    shown = page.eval_on_selector_all("#event-list li.event", "rows => rows.map(r => r.dataset.type + '/' + r.dataset.room)")
+    shown = page.eval_on_selector_all(
+        "#event-list li.event", "rows => rows.map(r => r.dataset.type + '/' + r.dataset.room)"
+    )
     assert shown == ["room_finished/r9", "room_started/r2", "room_started/r1", "room_started/r0"]
 
 

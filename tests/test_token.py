@@ -17,7 +17,10 @@ verifier = TokenVerifier(API_KEY, API_SECRET)
 async def post_token(http_client: Any, base_url: str, body: Any, path: str = "/token", **headers: str) -> Any:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return await http_client.fetch(
-        base_url + path, method="POST", body=raw, raise_error=False,
+        base_url + path,
+        method="POST",
+        body=raw,
+        raise_error=False,
         headers={"Content-Type": "application/json", **headers},
     )
 
@@ -86,7 +89,9 @@ async def test_token_ttl_follows_config(http_client: Any, base_url: str, app: An
     from datetime import timedelta
 
     app.settings["config"] = replace(app.settings["config"], token_ttl=timedelta(minutes=10))
-    token = json.loads((await post_token(http_client, base_url, {"roomName": "R", "participantName": "a"})).body)
+    token = json.loads(
+        (await post_token(http_client, base_url, {"roomName": "R", "participantName": "a"})).body
+    )
     exp = __import__("jwt").decode(token["token"], options={"verify_signature": False})["exp"]
     assert abs(exp - (time.time() + 600)) <= 2
 
@@ -115,7 +120,9 @@ BAD_BODIES = [
 
 @pytest.mark.parametrize(("body", "status", "message"), BAD_BODIES)
 @pytest.mark.gen_test
-async def test_bad_bodies_get_a_json_4xx(http_client: Any, base_url: str, body: Any, status: int, message: str) -> None:
+async def test_bad_bodies_get_a_json_4xx(
+    http_client: Any, base_url: str, body: Any, status: int, message: str
+) -> None:
     response = await post_token(http_client, base_url, body)
     assert response.code == status
     assert response.headers["Content-Type"].startswith("application/json")
@@ -133,7 +140,10 @@ async def test_oversized_body_is_413(http_client: Any, base_url: str) -> None:
 @pytest.mark.gen_test
 async def test_wrong_content_type_is_415(http_client: Any, base_url: str) -> None:
     response = await http_client.fetch(
-        base_url + "/token", method="POST", body="roomName=R", raise_error=False,
+        base_url + "/token",
+        method="POST",
+        body="roomName=R",
+        raise_error=False,
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert response.code == 415
@@ -144,8 +154,9 @@ async def test_wrong_content_type_is_415(http_client: Any, base_url: str) -> Non
 @pytest.mark.gen_test
 async def test_wrong_method_is_405_json(http_client: Any, base_url: str, method: str) -> None:
     body = None if method in ("GET", "DELETE") else b"{}"
-    response = await http_client.fetch(base_url + "/token", method=method, body=body, raise_error=False,
-                                       allow_nonstandard_methods=True)
+    response = await http_client.fetch(
+        base_url + "/token", method=method, body=body, raise_error=False, allow_nonstandard_methods=True
+    )
     assert response.code == 405
     assert json.loads(response.body)["errorMessage"] == "Method Not Allowed"
 
@@ -153,16 +164,22 @@ async def test_wrong_method_is_405_json(http_client: Any, base_url: str, method:
 @pytest.mark.gen_test
 async def test_preflight_from_a_tutorial_dev_server(http_client: Any, base_url: str) -> None:
     response = await http_client.fetch(
-        base_url + "/token", method="OPTIONS", raise_error=False,
-        headers={"Origin": "http://localhost:5080", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "content-type"},
+        base_url + "/token",
+        method="OPTIONS",
+        raise_error=False,
+        headers={
+            "Origin": "http://localhost:5080",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
     )
     assert response.code == 204
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert "content-type" in response.headers["Access-Control-Allow-Headers"].lower()
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
-    actual = await post_token(http_client, base_url, {"roomName": "R", "participantName": "a"},
-                              Origin="http://localhost:5080")
+    actual = await post_token(
+        http_client, base_url, {"roomName": "R", "participantName": "a"}, Origin="http://localhost:5080"
+    )
     assert actual.headers["Access-Control-Allow-Origin"] == "*"
 
 
@@ -170,12 +187,17 @@ async def test_preflight_from_a_tutorial_dev_server(http_client: Any, base_url: 
 async def test_allow_list_of_origins(http_client: Any, base_url: str, app: Any) -> None:
     from dataclasses import replace
 
-    app.settings["config"] = replace(app.settings["config"],
-                                     cors_allowed_origins=("http://localhost:5080", "null"))
-    electron = await post_token(http_client, base_url, {"roomName": "R", "participantName": "a"}, Origin="null")
+    app.settings["config"] = replace(
+        app.settings["config"], cors_allowed_origins=("http://localhost:5080", "null")
+    )
+    electron = await post_token(
+        http_client, base_url, {"roomName": "R", "participantName": "a"}, Origin="null"
+    )
     assert electron.code == 200 and electron.headers["Access-Control-Allow-Origin"] == "null"
     foreign = await http_client.fetch(
-        base_url + "/token", method="OPTIONS", raise_error=False,
+        base_url + "/token",
+        method="OPTIONS",
+        raise_error=False,
         headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert foreign.code == 403

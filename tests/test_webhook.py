@@ -22,7 +22,9 @@ async def history(http_client: Any, base_url: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("path", ["/livekit/webhook", "/webhook"])
 @pytest.mark.gen_test
-async def test_signed_webhook_is_stored_and_sent_to_sockets(http_client: Any, base_url: str, path: str) -> None:
+async def test_signed_webhook_is_stored_and_sent_to_sockets(
+    http_client: Any, base_url: str, path: str
+) -> None:
     socket = await websocket_connect(base_url.replace("http", "ws") + "/events")
     event = webhook_event("participant_joined", room="R", participant={"identity": "alice", "sid": "PA_1"})
     response = await http_client.fetch(base_url + path, **webhook_request(event))
@@ -98,7 +100,9 @@ async def test_refused_webhooks_change_nothing(http_client: Any, base_url: str, 
 
 
 @pytest.mark.gen_test
-async def test_duplicate_id_is_acknowledged_but_not_stored_or_sent_twice(http_client: Any, base_url: str) -> None:
+async def test_duplicate_id_is_acknowledged_but_not_stored_or_sent_twice(
+    http_client: Any, base_url: str
+) -> None:
     socket = await websocket_connect(base_url.replace("http", "ws") + "/events")
     event = webhook_event("track_published")
     first = await http_client.fetch(base_url + "/livekit/webhook", **webhook_request(event))
@@ -114,11 +118,15 @@ async def test_duplicate_id_is_acknowledged_but_not_stored_or_sent_twice(http_cl
 
 
 @pytest.mark.gen_test
-async def test_store_failure_is_503_and_nothing_is_broadcast(http_client: Any, base_url: str, config: Any) -> None:
+async def test_store_failure_is_503_and_nothing_is_broadcast(
+    http_client: Any, base_url: str, config: Any
+) -> None:
     socket = await websocket_connect(base_url.replace("http", "ws") + "/events")
     # A real SQLite failure: another connection makes every insert abort.
     with sqlite3.connect(config.events_db) as other:
-        other.execute("CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
+        other.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
     response = await http_client.fetch(base_url + "/livekit/webhook", **webhook_request(webhook_event()))
     assert response.code == 503
     assert "unavailable" in json.loads(response.body)["errorMessage"]

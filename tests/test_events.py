@@ -1,0 +1,209 @@
+"""The event log through WS /events and GET /events/history: replay, resume, duplicates,
+restarts, crashes, slow sockets and foreign origins."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from tests.conftest import post_webhook, webhook_event, webhook_request
+
+
+def ws_url(base_url: str, since: str | None = None) -> str:
+    return base_url.replace("http", "ws") + "/events" + (f"?since={since}" if since else "")
+
+
+async def read_frames(socket_: WebSocketClientConnection, count: int) -> list[dict[str, Any]]:
+    frames = []
+    for _ in range(count):
+        message = await asyncio.wait_for(socket_.read_message(), 10)
+        assert message is not None, "socket closed early"
+        frames.append(json.loads(message))
+    return frames
+
+
+async def post_events(http_client: Any, base_url: str, count: int, **fields: Any) -> list[dict[str, Any]]:
+    answers = []
+    for n in range(count):
+        event = webhook_event("room_started", room=f"r{n}", **fields)
+        response = await http_client.fetch(base_url + "/livekit/webhook", **webhook_request(event))
+        assert response.code == 200
+        answers.append({"id": event["id"], "cursor": json.loads(response.body)["cursor"]})
+    return answers
+
+
+@pytest.mark.gen_test
+async def test_replay_after_a_cursor_then_live(http_client: Any, base_url: str) -> None:
+    posted = await post_events(http_client, base_url, 5)
+    client = await websocket_connect(ws_url(base_url, posted[1]["cursor"]))
+    replayed = await read_frames(client, 3)
+    assert [frame["event"]["id"] for frame in replayed] == [p["id"] for p in posted[2:]]
+    live = await post_events(http_client, base_url, 1)
+    assert (await read_frames(client, 1))[0]["event"]["id"] == live[0]["id"]
+    client.close()
+
+
+@pytest.mark.settings(events_replay=3)
+@pytest.mark.gen_test
+async def test_without_a_cursor_the_newest_events_replay(http_client: Any, base_url: str) -> None:
+    posted = await post_events(http_client, base_url, 5)
+    client = await websocket_connect(ws_url(base_url))
+    assert [f["event"]["id"] for f in await read_frames(client, 3)] == [p["id"] for p in posted[2:]]
+    client.close()
+
+
+@pytest.mark.settings(events_keep=3)
+@pytest.mark.gen_test
+async def test_a_cursor_older_than_what_is_kept_gets_a_notice_first(http_client: Any, base_url: str) -> None:
+    posted = await post_events(http_client, base_url, 6)
+    client = await websocket_connect(ws_url(base_url, posted[0]["cursor"]))
+    notice, *frames = await read_frames(client, 4)
+    assert notice["notice"] == "history_trimmed"
+    assert notice["oldestCursor"] == posted[3]["cursor"]
+    assert "cursor" not in notice and notice["message"]
+    assert [f["event"]["id"] for f in frames] == [p["id"] for p in posted[3:]]
+    client.close()
+    listed = json.loads(
+        (await http_client.fetch(base_url + f"/events/history?since={posted[0]['cursor']}")).body
+    )
+    assert listed[0]["notice"] == "history_trimmed" and len(listed) == 4
+
+
+@pytest.mark.parametrize("cursor", ["999", "abc", "-1", "1-2"])
+@pytest.mark.gen_test
+async def test_an_unknown_cursor_gets_a_notice_then_the_newest(
+    http_client: Any, base_url: str, cursor: str
+) -> None:
+    posted = await post_events(http_client, base_url, 2)
+    client = await websocket_connect(ws_url(base_url, cursor))
+    notice, *frames = await read_frames(client, 3)
+    assert notice["notice"] == "unknown_cursor" and notice["since"] == cursor
+    assert [f["event"]["id"] for f in frames] == [p["id"] for p in posted]
+    client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_events_posted_during_a_replay_arrive_once_and_in_order(
+    http_client: Any, base_url: str
+) -> None:
+    await post_events(http_client, base_url, 300)
+    client_task = asyncio.ensure_future(websocket_connect(ws_url(base_url, "0")))
+    await post_events(http_client, base_url, 100)  # while the replay is being read and sent
+    client = await client_task
+    frames = await read_frames(client, 400)
+    cursors = [int(frame["cursor"]) for frame in frames]
+    assert cursors == list(range(1, 401))
+    await post_events(http_client, base_url, 1)
+    assert int((await read_frames(client, 1))[0]["cursor"]) == 401
+    client.close()
+
+
+@pytest.mark.settings(events_socket_queue=8)
+@pytest.mark.gen_test(timeout=60)
+async def test_a_socket_that_never_reads_is_closed_and_others_keep_up(
+    http_client: Any, base_url: str, http_port: int
+) -> None:
+    # A peer that completes the handshake and then never reads, with a tiny receive buffer.
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(("127.0.0.1", http_port))
+    stuck.sendall(
+        b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    reader = await websocket_connect(ws_url(base_url))
+    reading = asyncio.ensure_future(read_frames(reader, 60))
+    posted = await post_events(http_client, base_url, 60, pad="x" * 200_000)
+    frames = await reading
+    assert [f["event"]["id"] for f in frames] == [p["id"] for p in posted]
+    health = json.loads((await http_client.fetch(base_url + "/healthz")).body)
+    assert health["sockets"] == 1
+    stuck.setblocking(False)
+    received = b""
+    deadline = asyncio.get_running_loop().time() + 10
+    while b"Too slow" not in received[-200:] and asyncio.get_running_loop().time() < deadline:
+        try:
+            received += stuck.recv(1 << 20)
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
+    stuck.close()
+    assert b"Too slow: more than 8 events waiting" in received
+    reader.close()
+
+
+@pytest.mark.gen_test
+async def test_a_foreign_origin_is_refused(http_client: Any, base_url: str) -> None:
+    request = HTTPRequest(ws_url(base_url), headers={"Origin": "http://evil.example"})
+    with pytest.raises(HTTPClientError) as refused:
+        await websocket_connect(request)
+    assert refused.value.code == 403
+    own = HTTPRequest(ws_url(base_url), headers={"Origin": base_url})
+    (await websocket_connect(own)).close()
+
+
+@pytest.mark.settings(events_allowed_origins=("http://localhost:5080",))
+@pytest.mark.gen_test
+async def test_listed_origins_are_allowed(http_server: Any, base_url: str) -> None:
+    listed = HTTPRequest(ws_url(base_url), headers={"Origin": "http://localhost:5080"})
+    (await websocket_connect(listed)).close()
+    with pytest.raises(HTTPClientError):
+        await websocket_connect(HTTPRequest(ws_url(base_url), headers={"Origin": "http://localhost:5081"}))
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "x", "-1", "²"])
+@pytest.mark.gen_test
+async def test_history_limit_is_checked(http_client: Any, base_url: str, limit: str) -> None:
+    response = await http_client.fetch(base_url + f"/events/history?limit={limit}", raise_error=False)
+    assert response.code == 400
+    assert "limit must be" in json.loads(response.body)["errorMessage"]
+
+
+def test_a_restart_keeps_events_and_cursors(server_process: Any) -> None:
+    server = server_process()
+    events = [webhook_event("room_started", room=f"r{n}") for n in range(3)]
+    assert all(post_webhook(server.url, event) == 200 for event in events)
+    first = server.history()
+    assert server.stop() == 0
+    server.start()
+    assert server.history() == first
+    assert [frame["event"]["id"] for frame in server.history(since=first[0]["cursor"])] == [
+        e["id"] for e in events[1:]
+    ]
+    later = webhook_event("room_finished")
+    assert post_webhook(server.url, later) == 200
+    assert int(server.history()[-1]["cursor"]) == int(first[-1]["cursor"]) + 1
+
+
+def test_kill_9_loses_nothing_that_was_acknowledged(server_process: Any) -> None:
+    server = server_process()
+    events = [
+        webhook_event("participant_joined", room="crash", participant={"identity": f"p{n}"})
+        for n in range(300)
+    ]
+    acknowledged: list[str] = []
+
+    def send(event: dict[str, Any]) -> None:
+        try:
+            if post_webhook(server.url, event) == 200:
+                acknowledged.append(event["id"])
+        except OSError:
+            pass  # the server died under this request: not acknowledged
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(send, event) for event in events]
+        while len(acknowledged) < 200:
+            pass
+        server.kill()
+        for future in futures:
+            future.result()
+    server.start()
+    stored = {frame["event"]["id"] for frame in server.history()}
+    assert len(acknowledged) >= 200
+    assert set(acknowledged) <= stored
