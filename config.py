@@ -20,14 +20,26 @@ class ConfigError(ValueError):
     """A setting has a value the server cannot run with; the message says which."""
 
 
+MAX_TOKEN_TTL = timedelta(hours=24)
+# Fields of the standard token request that TOKEN_CLIENT_FIELDS can let clients set.
+CLIENT_SETTABLE = ("participant_metadata", "participant_attributes", "room_config")
+
+
 @dataclass(frozen=True)
 class Config:
     server_port: int = 6080
+    server_host: str = ""
     livekit_api_key: str = DEV_API_KEY
     livekit_api_secret: str = DEV_API_SECRET
     livekit_url: str = "ws://localhost:7880"
     cors_allowed_origins: tuple[str, ...] = ("*",)
     token_ttl: timedelta = timedelta(hours=6)
+    token_auth_secret: str = ""
+    token_rate_limit: int = 120
+    trust_proxy_headers: bool = False
+    token_client_fields: tuple[str, ...] = CLIENT_SETTABLE
+    room_name_pattern: str = ""
+    name_max_length: int = 256
     events_db: str = str(PROJECT_DIR / "data" / "events.sqlite3")
     events_keep: int = 10_000
     events_replay: int = 100
@@ -55,11 +67,18 @@ class Config:
 
         config = cls(
             server_port=_integer(values, "SERVER_PORT", 6080, low=1, high=65535),
+            server_host=text("SERVER_HOST", ""),
             livekit_api_key=text("LIVEKIT_API_KEY", DEV_API_KEY),
             livekit_api_secret=text("LIVEKIT_API_SECRET", DEV_API_SECRET),
             livekit_url=text("LIVEKIT_URL", "ws://localhost:7880"),
             cors_allowed_origins=_origins(text("CORS_ALLOWED_ORIGINS", "*")),
             token_ttl=_duration(text("TOKEN_TTL", "6h"), "TOKEN_TTL"),
+            token_auth_secret=text("TOKEN_AUTH_SECRET", ""),
+            token_rate_limit=_integer(values, "TOKEN_RATE_LIMIT", 120, low=0),
+            trust_proxy_headers=_flag(text("TRUST_PROXY_HEADERS", "false"), "TRUST_PROXY_HEADERS"),
+            token_client_fields=_fields(text("TOKEN_CLIENT_FIELDS", ",".join(cls.token_client_fields))),
+            room_name_pattern=_pattern(text("ROOM_NAME_PATTERN", "")),
+            name_max_length=_integer(values, "NAME_MAX_LENGTH", 256, low=1, high=4096),
             events_db=text("EVENTS_DB", cls.events_db),
             events_keep=_integer(values, "EVENTS_KEEP", 10_000, low=1),
             events_replay=_integer(values, "EVENTS_REPLAY", 100, low=0),
@@ -72,6 +91,8 @@ class Config:
         return config
 
     def check(self) -> None:
+        if self.token_ttl > MAX_TOKEN_TTL:
+            raise ConfigError("TOKEN_TTL may be at most 24h: LiveKit clients refresh tokens while connected")
         if self.app_env != "production":
             return
         if self.uses_dev_credentials or len(self.livekit_api_secret) < 32:
@@ -106,6 +127,30 @@ def _duration(raw: str, name: str) -> timedelta:
     if not match or int(match.group(1)) == 0:
         raise ConfigError(f"{name} must be a positive duration such as 3600, 30m or 6h, not {raw!r}")
     return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def _flag(raw: str, name: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def _fields(raw: str) -> tuple[str, ...]:
+    fields = tuple(field.strip() for field in raw.split(",") if field.strip() and field.strip() != "none")
+    unknown = set(fields) - set(CLIENT_SETTABLE)
+    if unknown:
+        raise ConfigError(f"TOKEN_CLIENT_FIELDS may list {', '.join(CLIENT_SETTABLE)}; not {sorted(unknown)}")
+    return fields
+
+
+def _pattern(raw: str) -> str:
+    try:
+        re.compile(raw)
+    except re.error as error:
+        raise ConfigError(f"ROOM_NAME_PATTERN is not a valid regular expression: {error}") from None
+    return raw
 
 
 def _origins(raw: str) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import warnings
@@ -18,6 +19,7 @@ from eventlog import EventLog, open_event_log
 from handlers.base import NotFoundHandler
 from handlers.events import EventHistoryHandler, EventsSocketHandler
 from handlers.pages import HealthHandler, IndexHandler, VendorFileHandler
+from handlers.ratelimit import RateLimiter
 from handlers.token import TokenHandler
 from handlers.webhook import WebhookHandler, WebhookVerifier
 
@@ -36,7 +38,8 @@ def make_app(config: Config, event_log: EventLog | None = None) -> tornado.web.A
     webhook = (WebhookHandler, {"event_log": event_log, "verifier": verifier})
     routes: list[Any] = [
         (r"/", IndexHandler),
-        (r"/+token", TokenHandler),  # `//token`: the iOS client's URL when its base ends in /
+        # `//token`: the iOS client's URL when its base ends in /
+        (r"/+token", TokenHandler, {"rate_limiter": RateLimiter(config.token_rate_limit)}),
         (r"/livekit/webhook", *webhook),
         (r"/webhook", *webhook),
         (r"/events", EventsSocketHandler, {"event_log": event_log}),
@@ -56,6 +59,7 @@ def make_app(config: Config, event_log: EventLog | None = None) -> tornado.web.A
         jinja=jinja,
         static_path=str(PROJECT_DIR / "static"),
         default_handler_class=NotFoundHandler,
+        requests_in_flight=set(),
         websocket_ping_interval=20,
         websocket_ping_timeout=20,
         websocket_max_message_size=4096,
@@ -78,8 +82,11 @@ async def main() -> None:
     app = make_app(config)
     event_log: EventLog = app.settings["event_log"]
     await event_log.start()
-    server = tornado.httpserver.HTTPServer(app, max_body_size=MAX_BODY_BYTES, xheaders=False)
-    server.listen(config.server_port)
+    # xheaders: X-Real-Ip / X-Forwarded-For become the client address, only behind a trusted proxy.
+    server = tornado.httpserver.HTTPServer(
+        app, max_body_size=MAX_BODY_BYTES, xheaders=config.trust_proxy_headers
+    )
+    server.listen(config.server_port, address=config.server_host)
     log.info(
         "Listening on http://localhost:%d (LiveKit at %s, events in %s)",
         config.server_port,
@@ -93,17 +100,24 @@ async def main() -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("Shutting down")
+    await shutdown(server, app)
+    log.info("Stopped")
+
+
+async def shutdown(server: tornado.httpserver.HTTPServer, app: tornado.web.Application) -> None:
+    """Stop accepting, answer what is in flight, say goodbye to sockets, close the store."""
     server.stop()
-    await shutdown(server, event_log)
-
-
-async def shutdown(server: tornado.httpserver.HTTPServer, event_log: EventLog) -> None:
-    """Finish in-flight requests and writes, say goodbye to sockets, close the store."""
+    event_log: EventLog = app.settings["event_log"]
     event_log.close_sockets(1001, "Server shutting down")
-    try:
-        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_SECONDS)
-    except TimeoutError:
-        log.warning("Some connections did not finish within %.0f s", SHUTDOWN_SECONDS)
+    in_flight: set[Any] = app.settings["requests_in_flight"]
+    deadline = asyncio.get_running_loop().time() + SHUTDOWN_SECONDS
+    while in_flight and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    if in_flight:
+        log.warning("%d requests still unanswered after %.0f s", len(in_flight), SHUTDOWN_SECONDS)
+    # Idle keep-alive connections and closing sockets are owed nothing more.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.close_all_connections(), 0.5)
     await event_log.close()
 
 

@@ -14,13 +14,25 @@ from config import Config
 class ApiError(tornado.web.HTTPError):
     """An error whose message is meant for the client, sent as `{"errorMessage": ...}`."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(status, reason=HTTPStatus(status).phrase)
         self.message = message
+        self.headers = headers or {}
 
 
 class ApiHandler(tornado.web.RequestHandler):
     """Base of the JSON endpoints: every error is `{"errorMessage": ...}`, never a traceback."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Shutdown waits for these to be answered (see server.shutdown).
+        self.settings["requests_in_flight"].add(self)
+
+    def on_finish(self) -> None:
+        self.settings["requests_in_flight"].discard(self)
+
+    def on_connection_close(self) -> None:
+        self.settings["requests_in_flight"].discard(self)
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -39,6 +51,8 @@ class ApiHandler(tornado.web.RequestHandler):
         error = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(error, ApiError):
             message = error.message
+            for name, value in error.headers.items():
+                self.set_header(name, value)
         elif status_code >= 500:
             message = "Internal server error"
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import tornado.web
 from jinja2 import Environment
@@ -11,7 +12,28 @@ from eventlog import EventLog
 from handlers.base import ApiHandler
 
 
+def content_security_policy(livekit_url: str) -> str:
+    """Only this origin, plus the LiveKit server for connections (its WebSocket, and the
+    HTTP form livekit-client uses to diagnose a failed connection)."""
+    parts = urlsplit(livekit_url)
+    http_scheme = "https" if parts.scheme in ("wss", "https") else "http"
+    ws_scheme = "wss" if http_scheme == "https" else "ws"
+    livekit = f"{ws_scheme}://{parts.netloc} {http_scheme}://{parts.netloc}" if parts.netloc else ""
+    return (
+        "default-src 'self'; "
+        f"connect-src 'self' {livekit}; "
+        "img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
+        "script-src 'self'; style-src 'self'; worker-src 'self' blob:; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
 class IndexHandler(tornado.web.RequestHandler):
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("X-Frame-Options", "DENY")
+
     def get(self) -> None:
         environment: Environment = self.settings["jinja"]
         config = self.settings["config"]
@@ -19,6 +41,7 @@ class IndexHandler(tornado.web.RequestHandler):
             livekit_url=config.livekit_url, static_url=self.static_url
         )
         self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Content-Security-Policy", content_security_policy(config.livekit_url))
         self.finish(page)
 
 

@@ -145,3 +145,16 @@ def post_webhook(
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
+
+
+def wait_until(page: Any, function: str, arg: Any = None, timeout_ms: int = 10_000) -> Any:
+    """Poll `function(arg)` in the page until it is truthy. Playwright's wait_for_function
+    evaluates strings in the page, which the demo page's CSP (no 'unsafe-eval') refuses."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        result = page.evaluate(function, arg)
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_ms} ms waiting for {function}")
+        page.wait_for_timeout(50)

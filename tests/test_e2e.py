@@ -17,7 +17,7 @@ import pytest
 
 from config import PROJECT_DIR
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
-from tests.conftest import require
+from tests.conftest import require, wait_until
 from tests.processes import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -67,21 +67,23 @@ def join(page: Any, room: str, name: str) -> None:
 
 def wait_for_event(page: Any, event_type: str, room: str, text: str = "") -> None:
     """Wait until the panel has a row of that type and room whose summary contains `text`."""
-    page.wait_for_function(
+    wait_until(
+        page,
         """([type, room, text]) => [...document.querySelectorAll('#event-list li.event')].some(
              row => row.dataset.type === type && row.dataset.room === room
                     && row.textContent.includes(text))""",
-        arg=[event_type, room, text],
-        timeout=WAIT_MS,
+        [event_type, room, text],
+        WAIT_MS,
     )
 
 
 def wait_for_playing_video(page: Any, identity: str) -> None:
-    page.wait_for_function(
+    wait_until(
+        page,
         'id => { const v = document.querySelector(`.tile[data-identity="${id}"] video`);'
         " return Boolean(v && v.videoWidth > 0 && !v.paused); }",
-        arg=identity,
-        timeout=WAIT_MS,
+        identity,
+        WAIT_MS,
     )
 
 

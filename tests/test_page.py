@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import post_webhook, webhook_event
+from tests.conftest import post_webhook, wait_until, webhook_event
 
 pytestmark = pytest.mark.browser
 
@@ -63,7 +63,7 @@ def test_filters_by_type_and_by_room(page: Any, server_process: Any) -> None:
         webhook_event("participant_joined", room="a"),
     ):
         assert post_webhook(server.url, event) == 200
-    page.wait_for_function("document.querySelectorAll('#event-list li.event').length === 3")
+    wait_until(page, "() => document.querySelectorAll('#event-list li.event').length === 3")
     page.select_option("#type-filter", "room_started")
     assert event_rows(page).locator("visible=true").count() == 2
     page.fill("#room-name", "a")
@@ -102,13 +102,13 @@ def test_the_panel_resumes_after_a_restart_without_duplicates(page: Any, server_
     before = [webhook_event("room_started", room=f"r{n}") for n in range(3)]
     for event in before:
         assert post_webhook(server.url, event) == 200
-    page.wait_for_function("document.getElementById('event-count').textContent === '3'")
+    wait_until(page, "() => document.getElementById('event-count').textContent === '3'")
     assert server.stop() == 0
     page.wait_for_selector('#socket-state[data-state="reconnecting"]')
     server.start()
     after = webhook_event("room_finished", room="r9")
     assert post_webhook(server.url, after) == 200
-    page.wait_for_function("document.getElementById('event-count').textContent === '4'")
+    wait_until(page, "() => document.getElementById('event-count').textContent === '4'")
     page.wait_for_selector('#socket-state[data-state="live"]')
     shown = page.eval_on_selector_all(
         "#event-list li.event", "rows => rows.map(r => r.dataset.type + '/' + r.dataset.room)"
