@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -158,3 +159,74 @@ def wait_until(page: Any, function: str, arg: Any = None, timeout_ms: int = 10_0
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_ms} ms waiting for {function}")
         page.wait_for_timeout(50)
+
+
+class RedisServer:
+    """Debian's redis-server on a free loopback port, in a directory of its own."""
+
+    def __init__(self, directory: Path, persistent: bool = False) -> None:
+        from dev.livekit_server import free_port
+
+        self.port = free_port()
+        self.directory = directory
+        self.persistent = persistent
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        from dev.livekit_server import is_listening
+
+        # Persistent: every write is on disk before Redis answers, so a restart keeps it.
+        durability = (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        )
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--dir",
+                str(self.directory),
+                *durability,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not is_listening(self.port):
+            assert self.process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Any:
+    require(
+        "redis-server",
+        shutil.which("redis-server") is not None,
+        "install Debian's redis-server (`make system-packages` as root)",
+    )
+    started: list[RedisServer] = []
+
+    def start(persistent: bool = False) -> RedisServer:
+        directory = tmp_path / f"redis-{len(started)}"
+        directory.mkdir()
+        server = RedisServer(directory, persistent).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -76,3 +76,55 @@ class ServerProcess:
         query = f"?limit={limit}" + (f"&since={since}" if since else "")
         with urllib.request.urlopen(self.url + "/events/history" + query, timeout=5) as response:
             return list(json.loads(response.read()))
+
+
+class EventSocket:
+    """A WS /events client on a thread of its own, collecting every frame it receives."""
+
+    def __init__(self, url: str) -> None:
+        import asyncio
+        import threading
+
+        self.url = url
+        self.frames: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self._loop = asyncio.new_event_loop()
+        self._connected = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop.run_until_complete, args=(self._run(),), daemon=True
+        )
+        self._thread.start()
+        if not self._connected.wait(10):
+            raise RuntimeError(f"could not connect to {url}")
+
+    async def _run(self) -> None:
+        from tornado.websocket import websocket_connect
+
+        self._client = await websocket_connect(self.url)
+        self._connected.set()
+        while (message := await self._client.read_message()) is not None:
+            self.frames.append(json.loads(message))
+        self.close_code = self._client.close_code
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [frame for frame in self.frames if "cursor" in frame]
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.events
+
+    def wait_for_notice(self, code: str, timeout: float = 15.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(frame.get("notice") == code for frame in self.frames):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._client.close)
+        self._thread.join(10)
+        self._loop.close()

@@ -1,0 +1,121 @@
+"""Several instances sharing one Redis stream behave, from a page's point of view, like one."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.conftest import post_webhook, webhook_event
+from tests.processes import EventSocket
+
+pytestmark = pytest.mark.redis
+
+
+def ws(server: Any, since: str | None = None) -> str:
+    return server.url.replace("http", "ws") + "/events" + (f"?since={since}" if since else "")
+
+
+def health(server: Any) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(server.url + "/healthz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_three_instances_deliver_every_event_once_in_one_order(
+    server_process: Any, redis_server: Any
+) -> None:
+    redis = redis_server()
+    servers = [server_process(EVENTS_REDIS_URL=redis.url) for _ in range(3)]
+    sockets = [EventSocket(ws(server)) for server in servers]
+    events = [
+        webhook_event("participant_joined", room="shared", participant={"identity": f"p{n}"})
+        for n in range(150)
+    ]
+
+    def post(n: int) -> int:
+        return post_webhook(servers[n % 3].url, events[n])  # to all three instances at once
+
+    with ThreadPoolExecutor(9) as pool:
+        statuses = list(pool.map(post, range(len(events))))
+    assert statuses == [200] * len(events)
+    # A retried event on another instance is acknowledged and not stored again.
+    assert post_webhook(servers[1].url, events[0]) == 200
+
+    received = [socket_.wait_for(len(events)) for socket_ in sockets]
+    for frames in received:
+        assert sorted(frame["event"]["id"] for frame in frames) == sorted(event["id"] for event in events)
+    orders = [[frame["cursor"] for frame in frames] for frames in received]
+    assert orders[0] == orders[1] == orders[2]  # the same order everywhere
+    time.sleep(0.3)
+    assert [len(socket_.events) for socket_ in sockets] == [len(events)] * 3  # nothing twice
+    for socket_ in sockets:
+        socket_.close()
+
+
+def test_reconnect_to_another_instance_with_a_cursor(server_process: Any, redis_server: Any) -> None:
+    redis = redis_server()
+    first, second = (server_process(EVENTS_REDIS_URL=redis.url) for _ in range(2))
+    events = [webhook_event("room_started", room=f"r{n}") for n in range(6)]
+    for event in events[:3]:
+        assert post_webhook(first.url, event) == 200
+    page = EventSocket(ws(first))
+    cursor = page.wait_for(3)[-1]["cursor"]
+    page.close()
+    for event in events[3:]:  # while the page is away
+        assert post_webhook(first.url, event) == 200
+    again = EventSocket(ws(second, cursor))
+    assert [frame["event"]["id"] for frame in again.wait_for(3)] == [event["id"] for event in events[3:]]
+    assert [frame["event"]["id"] for frame in second.history()] == [event["id"] for event in events]
+    again.close()
+
+
+def test_trimmed_history_gets_the_notice(server_process: Any, redis_server: Any) -> None:
+    redis = redis_server()
+    server = server_process(EVENTS_REDIS_URL=redis.url, EVENTS_KEEP="1")
+    cursors = []
+    for n in range(400):  # MAXLEN ~ trims whole nodes of about 100 entries
+        assert post_webhook(server.url, webhook_event("room_started", room=f"r{n}")) == 200
+    cursors = [frame["cursor"] for frame in server.history(limit=1000)]
+    assert len(cursors) < 400
+    listed = server.history(since="0-1")
+    assert listed[0]["notice"] == "history_trimmed"
+    assert listed[0]["oldestCursor"] == cursors[0]
+    assert [frame["cursor"] for frame in listed[1:]] == cursors
+    unknown = server.history(since="9999999999999-0")
+    assert unknown[0]["notice"] == "unknown_cursor"
+
+
+def test_redis_down_then_back(server_process: Any, redis_server: Any) -> None:
+    redis = redis_server(persistent=True)
+    server = server_process(EVENTS_REDIS_URL=redis.url)
+    page = EventSocket(ws(server))
+    before = [webhook_event("room_started", room=f"b{n}") for n in range(5)]
+    assert [post_webhook(server.url, event) for event in before] == [200] * 5
+    page.wait_for(5)
+
+    redis.stop()
+    down = webhook_event("room_started", room="down")
+    assert post_webhook(server.url, down) == 503  # LiveKit retries a 5xx
+    status, body = health(server)
+    assert status == 503 and body["eventStore"]["ok"] is False
+    assert page.wait_for_notice("store_unavailable")
+
+    redis.start()  # same port, same directory: what was acknowledged is still there
+    deadline = time.monotonic() + 20
+    while health(server)[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert health(server)[0] == 200
+    assert page.wait_for_notice("store_recovered")
+    after = [down] + [webhook_event("room_started", room=f"a{n}") for n in range(5)]
+    assert [post_webhook(server.url, event) for event in after] == [200] * 6
+    ids = [frame["event"]["id"] for frame in page.wait_for(11)]
+    assert ids == [event["id"] for event in before + after]
+    assert [frame["event"]["id"] for frame in server.history()] == ids
+    page.close()
