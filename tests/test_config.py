@@ -1,0 +1,75 @@
+"""Configuration: defaults, the .env file, and clear errors for bad values."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from config import PROJECT_DIR, Config, ConfigError
+
+
+def test_defaults_work_with_an_openvidu_local_deployment() -> None:
+    config = Config.from_env({}, env_file=None)
+    assert (config.server_port, config.livekit_api_key, config.livekit_api_secret) == (
+        6080,
+        "devkey",
+        "secret",
+    )
+    assert config.livekit_url == "ws://localhost:7880"
+    assert config.cors_allowed_origins == ("*",)
+    assert config.token_ttl == timedelta(hours=6)
+    assert config.uses_dev_credentials
+
+
+def test_env_example_gives_the_defaults() -> None:
+    from_example = Config.from_env({}, env_file=PROJECT_DIR / ".env.example")
+    assert from_example == replace(Config.from_env({}, env_file=None), events_db="data/events.sqlite3")
+
+
+def test_process_environment_wins_over_the_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("SERVER_PORT=7000\nLIVEKIT_URL=wss://example.livekit.cloud\nTOKEN_TTL=30m\n")
+    config = Config.from_env(
+        {"SERVER_PORT": "7001", "CORS_ALLOWED_ORIGINS": "http://a:5080/, null"}, env_file
+    )
+    assert config.server_port == 7001
+    assert config.livekit_url == "wss://example.livekit.cloud"
+    assert config.token_ttl == timedelta(minutes=30)
+    assert config.cors_allowed_origins == ("http://a:5080", "null")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SERVER_PORT", "http", "SERVER_PORT must be a whole number"),
+        ("SERVER_PORT", "70000", "SERVER_PORT must be between 1 and 65535"),
+        ("TOKEN_TTL", "soon", "TOKEN_TTL must be a positive duration"),
+        ("TOKEN_TTL", "0", "TOKEN_TTL must be a positive duration"),
+        ("TOKEN_TTL", "2d", "TOKEN_TTL may be at most 24h"),
+        ("EVENTS_KEEP", "0", "EVENTS_KEEP must be between 1"),
+        ("TRUST_PROXY_HEADERS", "maybe", "TRUST_PROXY_HEADERS must be true or false"),
+        ("TOKEN_CLIENT_FIELDS", "video", "TOKEN_CLIENT_FIELDS may list"),
+        ("ROOM_NAME_PATTERN", "([", "ROOM_NAME_PATTERN is not a valid regular expression"),
+    ],
+)
+def test_bad_values_say_what_to_fix(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        Config.from_env({variable: value}, env_file=None)
+
+
+def test_production_needs_a_real_secret() -> None:
+    with pytest.raises(ConfigError, match="32 characters or more"):
+        Config.from_env({"APP_ENV": "production"}, env_file=None)
+    with pytest.raises(ConfigError):
+        Config.from_env({"APP_ENV": "production", "LIVEKIT_API_SECRET": "x" * 31}, env_file=None)
+    assert (
+        Config.from_env({"APP_ENV": "production", "LIVEKIT_API_SECRET": "x" * 32}, env_file=None).app_env
+        == "production"
+    )
+
+
+def test_token_client_fields_none_allows_none() -> None:
+    assert Config.from_env({"TOKEN_CLIENT_FIELDS": "none"}, env_file=None).token_client_fields == ()
