@@ -64,8 +64,12 @@ livekit:
 	  mv tools/bin/server $(LIVEKIT_BIN); \
 	else echo "No livekit-server and no Go: end-to-end tests will skip (fail in CI)"; fi
 
-bench: setup-dev
+bench: setup-dev bench/node_modules/.installed
 	$(PY) -m bench.run
+
+bench/node_modules/.installed: bench/package.json bench/package-lock.json
+	cd bench && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 soak: setup-dev
 	$(PY) -m bench.soak

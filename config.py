@@ -47,6 +47,8 @@ class Config:
     events_socket_queue: int = 1_000
     events_redis_url: str = ""
     app_env: str = "development"
+    event_loop: str = "uvloop"
+    log_level: str = "INFO"
 
     @property
     def uses_dev_credentials(self) -> bool:
@@ -86,6 +88,10 @@ class Config:
             events_socket_queue=_integer(values, "EVENTS_SOCKET_QUEUE", 1_000, low=1),
             events_redis_url=text("EVENTS_REDIS_URL", ""),
             app_env=text("APP_ENV", "development").lower(),
+            log_level=_choice(
+                text("LOG_LEVEL", "INFO").upper(), "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")
+            ),
+            event_loop=_choice(text("EVENT_LOOP", "uvloop").lower(), "EVENT_LOOP", ("uvloop", "asyncio")),
         )
         config.check()
         return config
@@ -127,6 +133,12 @@ def _duration(raw: str, name: str) -> timedelta:
     if not match or int(match.group(1)) == 0:
         raise ConfigError(f"{name} must be a positive duration such as 3600, 30m or 6h, not {raw!r}")
     return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def _choice(raw: str, name: str, choices: tuple[str, ...]) -> str:
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return raw
 
 
 def _flag(raw: str, name: str) -> bool:

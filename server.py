@@ -16,7 +16,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from config import PROJECT_DIR, Config, ConfigError
 from eventlog import EventLog, open_event_log
-from handlers.base import NotFoundHandler
+from handlers.base import NotFoundHandler, log_request
 from handlers.events import EventHistoryHandler, EventsSocketHandler
 from handlers.pages import HealthHandler, IndexHandler, VendorFileHandler
 from handlers.ratelimit import RateLimiter
@@ -59,6 +59,7 @@ def make_app(config: Config, event_log: EventLog | None = None) -> tornado.web.A
         jinja=jinja,
         static_path=str(PROJECT_DIR / "static"),
         default_handler_class=NotFoundHandler,
+        log_function=log_request,
         requests_in_flight=set(),
         websocket_ping_interval=20,
         websocket_ping_timeout=20,
@@ -66,12 +67,22 @@ def make_app(config: Config, event_log: EventLog | None = None) -> tornado.web.A
     )
 
 
-async def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run() -> None:
+    """Read the config, then serve on the chosen event loop until SIGTERM or SIGINT."""
     try:
         config = Config.from_env()
     except ConfigError as error:
         raise SystemExit(f"Configuration error: {error}") from None
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main(config))
+    else:
+        asyncio.run(main(config))
+
+
+async def main(config: Config) -> None:
     if config.uses_dev_credentials:
         log.warning(
             "Using the development API key and secret (devkey/secret): fine for a local "
@@ -122,4 +133,4 @@ async def shutdown(server: tornado.httpserver.HTTPServer, app: tornado.web.Appli
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run()

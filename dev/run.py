@@ -3,8 +3,8 @@ nothing listens there yet, so that one command gives a room a browser can join."
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
 
 import server
 from config import Config, ConfigError
@@ -15,11 +15,13 @@ log = logging.getLogger("dev.run")
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A developer wants to see each token and webhook go by: one line a request.
+    os.environ.setdefault("LOG_LEVEL", "DEBUG")
     try:
         config = Config.from_env()
     except ConfigError as error:
         raise SystemExit(f"Configuration error: {error}") from None
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     livekit = None
     if config.livekit_url.rstrip("/") == DEFAULT_LIVEKIT_URL and not is_listening(7880):
         binary = find_binary()
@@ -42,7 +44,7 @@ def main() -> None:
                 livekit.log_path,
             )
     try:
-        asyncio.run(server.main())
+        server.run()
     finally:
         if livekit is not None:
             livekit.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,11 +25,25 @@ class Frame:
     order: tuple[int, int]  # comparable position of the cursor in the log
     cursor: str
     data: bytes  # {"cursor", "receivedAt", "event"} as UTF-8 JSON
+    wire: bytes  # the whole WebSocket text frame: header and data
 
 
 def make_frame(order: tuple[int, int], cursor: str, received_at: int, event_json: str) -> Frame:
-    text = f'{{"cursor":"{cursor}","receivedAt":{received_at},"event":{event_json}}}'
-    return Frame(order, cursor, text.encode())
+    data = f'{{"cursor":"{cursor}","receivedAt":{received_at},"event":{event_json}}}'.encode()
+    return Frame(order, cursor, data, websocket_text_frame(data))
+
+
+def websocket_text_frame(data: bytes) -> bytes:
+    """A final, unmasked, uncompressed text frame (RFC 6455 5.2): what a server sends
+    every client alike, so it is built once per event rather than once per socket."""
+    size = len(data)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size <= 0xFFFF:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + data
 
 
 def notice(code: str, message: str, **details: Any) -> bytes:

@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 import json
+import logging
 from http import HTTPStatus
 from typing import Any
 
 import tornado.web
 
 from config import Config
+
+access_log = logging.getLogger("tornado.access")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """One line a request; handlers add what it was about (`log_detail`), never a secret.
+    Answered requests are DEBUG: at thousands a second, writing a line each costs a
+    fifth of the server's time (measured); refused ones are WARNING, failures ERROR."""
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return
+    request = handler.request
+    detail = getattr(handler, "log_detail", "")
+    access_log.log(
+        level,
+        "%d %s %s (%s) %.2fms%s",
+        status,
+        request.method,
+        request.uri,
+        request.remote_ip,
+        1000 * request.request_time(),
+        f" {detail}" if detail else "",
+    )
 
 
 class ApiError(tornado.web.HTTPError):

@@ -2,22 +2,68 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
-import logging
+import json
 import re
 import secrets
+import time
 import unicodedata
+from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf.json_format import ParseDict, ParseError
-from livekit.api import AccessToken, VideoGrants
+from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from livekit.protocol.room import RoomConfiguration
 
 from config import CLIENT_SETTABLE
 from handlers.base import ApiError, BodyHandler, CorsMixin
 from handlers.ratelimit import RateLimiter
 
-log = logging.getLogger(__name__)
+
+@dataclass
+class TokenClaims:
+    """The claims of a room token, exactly as livekit-api's AccessToken writes them
+    (tests pin the two equal, and verify every token with livekit-api's TokenVerifier).
+    Why not AccessToken itself: /token is the hot path, and minting one token took
+    141 us with AccessToken.to_jwt (mostly dataclasses.asdict), 38 us with PyJWT's
+    encode and 14 us signed here (measured on the bench machine)."""
+
+    room: str
+    identity: str
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # metadata, attributes, roomConfig
+
+    def to_jwt(self, api_key: str, api_secret: str, ttl_seconds: float) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {"name": self.name} if self.name else {}
+        if self.extra.get("metadata"):
+            claims["metadata"] = self.extra["metadata"]
+        claims["video"] = {
+            "roomJoin": True,
+            "room": self.room,
+            "canPublish": True,
+            "canSubscribe": True,
+            "canPublishData": True,
+        }
+        if "attributes" in self.extra:
+            claims["attributes"] = self.extra["attributes"]
+        if self.extra.get("roomConfig"):
+            claims["roomConfig"] = self.extra["roomConfig"]
+        claims.update(sub=self.identity, iss=api_key, nbf=now, exp=now + int(ttl_seconds))
+        return sign_hs256(claims, api_secret)
+
+
+_JWT_HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+
+
+def sign_hs256(claims: dict[str, Any], secret: str) -> str:
+    """A compact HS256 JWT (RFC 7519): what PyJWT's encode produces for these claims,
+    without its per-call header merging and key checks."""
+    payload = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode()).rstrip(b"=")
+    signing_input = _JWT_HEADER + b"." + payload
+    signature = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
 
 
 class TokenHandler(CorsMixin, BodyHandler):
@@ -52,35 +98,39 @@ class TokenHandler(CorsMixin, BodyHandler):
         """`{roomName, participantName}` -> 200 `{"token"}`, and only that key."""
         room = self.room_name(body, "roomName", required=True)
         identity = self.name(body, "participantName", required=True)
-        token = self.new_token(room, identity).to_jwt()
-        log.info("token for room=%s identity=%s", room, identity)
-        self.write_json({"token": token})
+        self.write_json({"token": self.mint(TokenClaims(room, identity))})
 
     def standard_token(self, body: dict[str, Any]) -> None:
         """LiveKit's standard endpoint shape -> 201 `{server_url, participant_token}`."""
-        for field in CLIENT_SETTABLE:
-            if body.get(field) is not None and field not in self.config.token_client_fields:
-                raise ApiError(403, f"{field} may not be set by clients here (TOKEN_CLIENT_FIELDS)")
-        room = self.room_name(body, "room_name") or f"room-{secrets.token_hex(4)}"
-        identity = self.name(body, "participant_identity") or f"user-{secrets.token_hex(4)}"
-        token = self.new_token(room, identity)
-        name = self.name(body, "participant_name")
-        if name:
-            token.with_name(name)
+        for settable in CLIENT_SETTABLE:
+            if body.get(settable) is not None and settable not in self.config.token_client_fields:
+                raise ApiError(403, f"{settable} may not be set by clients here (TOKEN_CLIENT_FIELDS)")
+        claims = TokenClaims(
+            room=self.room_name(body, "room_name") or f"room-{secrets.token_hex(4)}",
+            identity=self.name(body, "participant_identity") or f"user-{secrets.token_hex(4)}",
+            name=self.name(body, "participant_name"),
+        )
         metadata = body.get("participant_metadata")
         if metadata is not None:
             if not isinstance(metadata, str):
                 raise ApiError(400, "participant_metadata must be a string")
-            token.with_metadata(metadata)
+            claims.extra["metadata"] = metadata
         attributes = body.get("participant_attributes")
         if attributes is not None:
-            token.with_attributes(_attributes(attributes))
+            claims.extra["attributes"] = _attributes(attributes)
         room_config = body.get("room_config")
         if room_config is not None:
-            token.with_room_config(_room_config(room_config))
-        jwt = token.to_jwt()
-        log.info("token for room=%s identity=%s", room, identity)
-        self.write_json({"server_url": self.config.livekit_url, "participant_token": jwt}, status=201)
+            claims.extra["roomConfig"] = MessageToDict(_room_config(room_config))
+        token = self.mint(claims)
+        self.write_json({"server_url": self.config.livekit_url, "participant_token": token}, status=201)
+
+    def mint(self, claims: TokenClaims) -> str:
+        # Logged with the request's access line: who and where, never the token.
+        self.log_detail = f"room={claims.room} identity={claims.identity}"
+        config = self.config
+        return claims.to_jwt(
+            config.livekit_api_key, config.livekit_api_secret, config.token_ttl.total_seconds()
+        )
 
     def name(self, body: dict[str, Any], field: str, required: bool = False) -> str:
         return _name(body, field, self.config.name_max_length, required)
@@ -91,15 +141,6 @@ class TokenHandler(CorsMixin, BodyHandler):
         if room and pattern and not re.fullmatch(pattern, room):
             raise ApiError(422, f"{field} {room!r} is not allowed here (ROOM_NAME_PATTERN)")
         return room
-
-    def new_token(self, room: str, identity: str) -> AccessToken:
-        config = self.config
-        token = AccessToken(config.livekit_api_key, config.livekit_api_secret)
-        return (
-            token.with_identity(identity)
-            .with_ttl(config.token_ttl)
-            .with_grants(VideoGrants(room_join=True, room=room))
-        )
 
 
 def _name(body: dict[str, Any], field: str, max_length: int, required: bool = False) -> str:

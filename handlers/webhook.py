@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import json
-import logging
 import time
 from datetime import timedelta
 from typing import Any
@@ -16,8 +15,6 @@ from livekit.api import TokenVerifier
 
 from eventlog import EventLog, StoreUnavailable
 from handlers.base import ApiError, BodyHandler
-
-log = logging.getLogger(__name__)
 
 # LiveKit signs each webhook with a 5-minute token; this much clock skew is tolerated.
 WEBHOOK_LEEWAY = timedelta(seconds=60)
@@ -63,12 +60,12 @@ class WebhookHandler(BodyHandler):
         except StoreUnavailable:
             # LiveKit retries a 5xx: nothing was acknowledged, nothing was broadcast.
             raise ApiError(503, "The event store is unavailable; retry later") from None
-        room = event.get("room", {}).get("name", "")
+        self.log_detail = f"{event['event']} {event['id']} room={event.get('room', {}).get('name', '')}"
         if frame is None:
-            log.info("webhook %s %s room=%s: duplicate, not stored again", event["id"], event["event"], room)
+            self.log_detail += " duplicate, not stored again"
             self.write_json({"status": "duplicate"})
         else:
-            log.info("webhook %s %s room=%s: stored as %s", event["id"], event["event"], room, frame.cursor)
+            self.log_detail += f" stored as {frame.cursor}"
             self.write_json({"status": "stored", "cursor": frame.cursor})
 
 

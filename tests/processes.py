@@ -26,6 +26,7 @@ class ServerProcess:
             "SERVER_PORT": str(self.port),
             "EVENTS_DB": str(log_dir / "events.sqlite3"),
             "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "DEBUG",  # the tests read what each request logged
             **env,
         }
         self.log_path = log_dir / f"server-{self.port}.log"

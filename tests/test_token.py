@@ -202,3 +202,59 @@ async def test_allow_list_of_origins(http_client: Any, base_url: str, app: Any) 
     )
     assert foreign.code == 403
     assert "Access-Control-Allow-Origin" not in foreign.headers
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {
+            "name": "Ada",
+            "metadata": "m",
+            "attributes": {"a": "b"},
+            "room_config": {"agents": [{"agent_name": "x"}]},
+        },
+        {"attributes": {}, "metadata": ""},
+    ],
+)
+def test_minted_claims_are_what_livekit_api_writes(extra: dict[str, Any]) -> None:
+    """TokenClaims mints without AccessToken for speed; the payload must stay the same."""
+    import jwt
+    from google.protobuf.json_format import MessageToDict, ParseDict
+    from livekit.api import AccessToken, VideoGrants
+    from livekit.protocol.room import RoomConfiguration
+
+    from handlers.token import TokenClaims
+
+    reference = (
+        AccessToken(API_KEY, API_SECRET)
+        .with_identity("alice")
+        .with_grants(VideoGrants(room_join=True, room="R"))
+    )
+    ours = TokenClaims("R", "alice", name=extra.get("name", ""))
+    if "name" in extra:
+        reference.with_name(extra["name"])
+    if "metadata" in extra:
+        reference.with_metadata(extra["metadata"])
+        ours.extra["metadata"] = extra["metadata"]
+    if "attributes" in extra:
+        reference.with_attributes(extra["attributes"])
+        ours.extra["attributes"] = extra["attributes"]
+    if "room_config" in extra:
+        config = ParseDict(extra["room_config"], RoomConfiguration())
+        reference.with_room_config(config)
+        ours.extra["roomConfig"] = MessageToDict(config)
+    theirs = jwt.decode(reference.to_jwt(), API_SECRET, algorithms=["HS256"])
+    mine = jwt.decode(ours.to_jwt(API_KEY, API_SECRET, 6 * 3600), API_SECRET, algorithms=["HS256"])
+    assert abs(mine.pop("exp") - theirs.pop("exp")) <= 1 and abs(mine.pop("nbf") - theirs.pop("nbf")) <= 1
+    assert mine == theirs
+    assert list(mine) == list(theirs)  # the same order too: byte-for-byte the same token shape
+
+
+def test_hand_signed_tokens_are_what_pyjwt_signs() -> None:
+    import jwt
+
+    from handlers.token import sign_hs256
+
+    claims = {"video": {"roomJoin": True, "room": "Ré"}, "sub": "ü", "iss": API_KEY, "nbf": 1, "exp": 2}
+    assert sign_hs256(claims, API_SECRET) == jwt.encode(claims, API_SECRET, algorithm="HS256")

@@ -1,0 +1,356 @@
+"""`make bench`: every figure against a baseline measured in the same run, printed as one
+table and written with a description of the machine to bench/results.md.
+
+BENCH_ROUNDS (default 5 for tokens, 3 elsewhere) and BENCH_SIZES (default
+1,100,1000,5000) make it shorter or longer.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.harness import (
+    BENCH_DIR,
+    Clients,
+    Figure,
+    Server,
+    bench_event,
+    percentile,
+    post,
+    signed_webhook,
+    write_webhook_file,
+    wrk,
+)
+from dev.livekit_server import free_port, is_listening
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "0"))
+SIZES = [int(size) for size in os.environ.get("BENCH_SIZES", "1,100,1000,5000").split(",")]
+TOKEN_CONNECTIONS = 32
+LOAD_SECONDS = 3
+notes: list[str] = []
+
+
+def alternating(kinds: list[str], rounds: int) -> list[list[str]]:
+    """A/B/C, then B/C/A...: no kind always runs first on a warming machine."""
+    return [kinds[r % len(kinds) :] + kinds[: r % len(kinds)] for r in range(rounds)]
+
+
+def bench_tokens() -> list[Figure]:
+    kinds = ["ours", "bare", "express"]
+    runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+    for order in alternating(kinds, ROUNDS or 5):
+        for kind in order:
+            server = Server(kind)
+            server.start()
+            try:
+                wrk(server.url + "/token", BENCH_DIR / "token.lua", 1, TOKEN_CONNECTIONS)  # warm-up
+                result = wrk(server.url + "/token", BENCH_DIR / "token.lua", LOAD_SECONDS, TOKEN_CONNECTIONS)
+            finally:
+                server.stop()
+            if result["errors"] or result["non2xx"]:
+                raise RuntimeError(f"{kind} /token answered errors: {result}")
+            runs[kind].append(result)
+
+    def series(kind: str, key: str) -> list[float]:
+        return [run[key] for run in runs[kind]]
+
+    wrk_cpu = statistics.median(series("bare", "wrk_cpu")) * 100
+    bare_peak = statistics.median(series("bare", "rps"))
+    notes.append(
+        f"Load generator: wrk, one thread, {TOKEN_CONNECTIONS} connections, pinned to its own core. "
+        f"Against the bare Tornado handler it drove {bare_peak:,.0f} req/s using "
+        f"{wrk_cpu:.0f}% of its core, so it is not what limits the servers measured here."
+    )
+    ours_rps, express_rps, bare_rps = series("ours", "rps"), series("express", "rps"), series("bare", "rps")
+    figures = [
+        Figure(
+            "/token throughput vs the Express peer",
+            "req/s",
+            ours_rps,
+            express_rps,
+            "Express + livekit-server-sdk",
+            ">= 1.2x",
+        ),
+        Figure(
+            "/token throughput vs bare Tornado",
+            "req/s",
+            ours_rps,
+            bare_rps,
+            "constant JSON handler",
+            ">= 0.85x",
+        ),
+        Figure(
+            "/token p50 latency vs the Express peer",
+            "ms",
+            series("ours", "p50_ms"),
+            series("express", "p50_ms"),
+            "Express",
+            "",
+        ),
+        Figure(
+            "/token p99 latency vs the Express peer",
+            "ms",
+            series("ours", "p99_ms"),
+            series("express", "p99_ms"),
+            "Express",
+            "<= 1.0x",
+        ),
+    ]
+    figures[0].met = statistics.median(figures[0].ratios) >= 1.2
+    figures[1].met = statistics.median(figures[1].ratios) >= 0.85
+    figures[3].met = statistics.median(figures[3].ratios) <= 1.0
+    return figures
+
+
+def bench_ingest(workdir: Path) -> list[Figure]:
+    requests_file = workdir / "webhooks.tsv"
+    write_webhook_file(requests_file, 40_000)
+    figures = []
+    for sockets in (0, 1000):
+        figure = Figure(
+            f"webhooks stored/s, {sockets} sockets",
+            "/s",
+            baseline="bare Tornado POST + broadcast",
+            target=">= 1000/s" if sockets == 0 else "",
+        )
+        p99 = Figure(f"webhook p99 time to 200, {sockets} sockets", "ms", baseline="bare Tornado")
+        for order in alternating(["ours", "bare"], ROUNDS or 3):
+            for kind in order:
+                server = Server(kind)
+                server.start()
+                clients = Clients(server.url, sockets) if sockets else None
+                try:
+                    result = wrk(server.url, BENCH_DIR / "webhooks.lua", LOAD_SECONDS, 16, str(requests_file))
+                finally:
+                    if clients:
+                        clients.stop()
+                    server.stop()
+                if result["errors"] or result["non2xx"] or result["requests"] > 40_000:
+                    raise RuntimeError(f"{kind} webhook run not clean: {result}")
+                if kind == "ours":  # every answered webhook is in the file, each once
+                    with sqlite3.connect(server.workdir / "events.sqlite3") as db:
+                        stored = db.execute("SELECT count(*) FROM events").fetchone()[0]
+                    if stored < result["requests"]:
+                        raise RuntimeError(f"{stored} stored of {result['requests']} acknowledged")
+                (figure.ours if kind == "ours" else figure.base).append(result["rps"])
+                (p99.ours if kind == "ours" else p99.base).append(result["p99_ms"])
+        if sockets == 0:
+            figure.met = statistics.median(figure.ours) >= 1000
+        figures += [figure, p99]
+    return figures
+
+
+def fanout_round(
+    kind: str,
+    size: int,
+    events: int,
+    post_to: str = "",
+    env: dict[str, str] | None = None,
+    receivers: Server | None = None,
+) -> tuple[list[float], float, float]:
+    """Latencies (ms) of `events` posts reaching `size` sockets; idle RSS and RSS per socket (KiB)."""
+    server = receivers or Server(kind, env or {})
+    if receivers is None:
+        server.start()
+    idle = server.rss_kib()
+    clients = Clients(server.url, size, events)
+    per_socket = (server.rss_kib() - idle) / size
+    gap = 0.05 + size * 0.00006
+    try:
+        for _ in range(events):
+            event = bench_event(sent_at=time.time())
+            if kind == "bare":
+                post((post_to or server.url) + "/publish", signed_webhook(event)[1], {})
+            else:
+                token, body = signed_webhook(event)
+                headers = {"Content-Type": "application/webhook+json", "Authorization": token}
+                if post((post_to or server.url) + "/livekit/webhook", body, headers) != 200:
+                    raise RuntimeError("webhook refused during the fan-out benchmark")
+            time.sleep(gap)
+        latencies = clients.result()["latencies_ms"]
+    finally:
+        clients.stop()
+        if receivers is None:
+            server.stop()
+    if len(latencies) != size * events:
+        raise RuntimeError(f"{kind}: {len(latencies)} frames of {size * events} arrived")
+    return latencies, idle, per_socket
+
+
+def bench_fanout() -> list[Figure]:
+    figures: list[Figure] = []
+    memory = {"ours": [], "bare": []}  # type: dict[str, list[tuple[float, float]]]
+    for size in SIZES:
+        events = 10 if size >= 1000 else 20
+        p = {
+            share: Figure(f"fan-out p{share} to {size} sockets", "ms", baseline="bare Tornado broadcast")
+            for share in (50, 95, 99)
+        }
+        for order in alternating(["ours", "bare"], ROUNDS or 3):
+            for kind in order:
+                latencies, idle, per_socket = fanout_round(kind, size, events)
+                for share, figure in p.items():
+                    (figure.ours if kind == "ours" else figure.base).append(
+                        percentile(latencies, share / 100)
+                    )
+                if size == max(SIZES):
+                    memory[kind].append((idle, per_socket))
+        if size == 1000:
+            p[99].target, p[99].met = "<= 50 ms", statistics.median(p[99].ours) <= 50
+        if size == 5000:
+            p[95].target, p[95].met = "< 500 ms", statistics.median(p[95].ours) < 500
+        figures += list(p.values())
+    idle = Figure(
+        "server RSS, idle",
+        "MiB",
+        [m[0] / 1024 for m in memory["ours"]],
+        [m[0] / 1024 for m in memory["bare"]],
+        "bare Tornado",
+    )
+    per_socket = Figure(
+        f"server memory per idle socket ({max(SIZES)} sockets)",
+        "KiB",
+        [m[1] for m in memory["ours"]],
+        [m[1] for m in memory["bare"]],
+        "bare Tornado",
+        "<= 30 KB",
+    )
+    per_socket.met = statistics.median(per_socket.ours) <= 30 * 1000 / 1024
+    return [*figures, idle, per_socket]
+
+
+def bench_redis(workdir: Path) -> list[Figure]:
+    if not shutil.which("redis-server"):
+        notes.append("Redis: redis-server is not installed; cross-instance delivery not measured.")
+        return []
+    port = free_port()
+    redis = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    while not is_listening(port):
+        time.sleep(0.05)
+    env = {"EVENTS_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    p50 = Figure("cross-instance delivery p50, 100 sockets", "ms", baseline="one instance, SQLite")
+    p99 = Figure("cross-instance delivery p99, 100 sockets", "ms", baseline="one instance, SQLite")
+    try:
+        for order in alternating(["cross", "single"], ROUNDS or 3):
+            for kind in order:
+                if kind == "single":
+                    latencies = fanout_round("ours", 100, 20)[0]
+                else:
+                    entry, receivers = Server("ours", env), Server("ours", env)
+                    entry.start()
+                    receivers.start()
+                    try:
+                        latencies = fanout_round("ours", 100, 20, post_to=entry.url, receivers=receivers)[0]
+                    finally:
+                        entry.stop()
+                        receivers.stop()
+                (p50.ours if kind == "cross" else p50.base).append(percentile(latencies, 0.5))
+                (p99.ours if kind == "cross" else p99.base).append(percentile(latencies, 0.99))
+    finally:
+        redis.terminate()
+        redis.wait()
+    return [p50, p99]
+
+
+def bench_startup() -> list[Figure]:
+    figure = Figure("start-up to first 200 on /healthz", "ms", baseline="bare Tornado")
+    for order in alternating(["ours", "bare"], ROUNDS or 5):
+        for kind in order:
+            server = Server(kind)
+            seconds = server.start()
+            server.stop()
+            (figure.ours if kind == "ours" else figure.base).append(seconds * 1000)
+    return [figure]
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    import tornado
+
+    return (
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit or '?'}; {os.cpu_count()} cores of {cpu}, "
+        f"{int(memory) / 1024 / 1024:.0f} GiB; Linux {platform.release()}; "
+        f"Python {platform.python_version()}, "
+        f"Tornado {tornado.version}; Node.js {node}. A shared, noisy machine: compare ratios, not absolutes."
+    )
+
+
+def main() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    sections = [
+        ("Tokens", bench_tokens),
+        ("Webhook ingest", lambda: bench_ingest(workdir)),
+        ("Fan-out and memory", bench_fanout),
+        ("Redis", lambda: bench_redis(workdir)),
+        ("Start-up", bench_startup),
+    ]
+    header = ["figure", "ours, median [min-max]", "baseline", "ratio", "target", "met"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for title, run in sections:
+        print(f"== {title}", flush=True)
+        for figure in run():
+            row = "| " + " | ".join(figure.cells()) + " |"
+            print(row, flush=True)
+            lines.append(row)
+    rounds = (
+        "medians of alternating rounds (5 for tokens and start-up, 3 elsewhere)"
+        if not ROUNDS
+        else f"medians of {ROUNDS} alternating rounds"
+    )
+    text = "\n".join(
+        [
+            "# Benchmark results",
+            "",
+            f"Machine: {machine()}",
+            "",
+            f"Every figure: {rounds}, ours against a baseline run in the same invocation;",
+            "ratio = ours / baseline.",
+            "",
+            *lines,
+            "",
+            *[f"- {note}" for note in notes],
+            "",
+        ]
+    )
+    (BENCH_DIR / "results.md").write_text(text)
+    print(f"\nWritten to {BENCH_DIR / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
