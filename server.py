@@ -36,10 +36,11 @@ def make_app(config: Config, event_log: EventLog | None = None) -> tornado.web.A
     event_log = event_log or open_event_log(config)
     verifier = WebhookVerifier(config.livekit_api_key, config.livekit_api_secret)
     webhook = (WebhookHandler, {"event_log": event_log, "verifier": verifier})
+    # Tried in order: the busiest endpoint first.
     routes: list[Any] = [
-        (r"/", IndexHandler),
         # `//token`: the iOS client's URL when its base ends in /
         (r"/+token", TokenHandler, {"rate_limiter": RateLimiter(config.token_rate_limit)}),
+        (r"/", IndexHandler),
         (r"/livekit/webhook", *webhook),
         (r"/webhook", *webhook),
         (r"/events", EventsSocketHandler, {"event_log": event_log}),

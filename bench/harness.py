@@ -69,6 +69,7 @@ class Server:
             "EVENTS_DB": str(self.workdir / "events.sqlite3"),
             "EVENTS_KEEP": "1000000",
             "TOKEN_RATE_LIMIT": "0",
+            "EVENTS_REPLAY": "0",  # sockets count only the events of their own round
             "NODE_PATH": str(BENCH_DIR / "node_modules"),
             **self.env,
         }

@@ -128,16 +128,13 @@ class CorsMixin(ApiHandler):
         self.finish()
 
 
-@tornado.web.stream_request_body
 class BodyHandler(ApiHandler):
-    """Reads the body itself so an oversized one is refused before it is read whole."""
+    """A POST endpoint with a bounded body of some JSON media type."""
 
     max_body_bytes = 64 * 1024
     content_types: tuple[str, ...] = ("application/json",)
 
     def prepare(self) -> None:
-        self._chunks: list[bytes] = []
-        self._received = 0
         if self.request.method != "POST":
             return
         declared = self.request.headers.get("Content-Length")
@@ -148,18 +145,11 @@ class BodyHandler(ApiHandler):
         if media_type not in self.content_types:
             raise ApiError(415, f"Content-Type must be {' or '.join(self.content_types)}")
 
-    def data_received(self, chunk: bytes) -> None:
-        # A chunked body has no declared length: stop keeping it once it is too large
-        # (the server's max_body_size cuts the connection further on).
-        self._received += len(chunk)
-        if self._received <= self.max_body_bytes:
-            self._chunks.append(chunk)
-
     @property
     def raw_body(self) -> bytes:
-        if self._received > self.max_body_bytes:
+        if len(self.request.body) > self.max_body_bytes:  # a chunked body declares no length
             raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
-        return b"".join(self._chunks)
+        return self.request.body
 
     def json_object(self) -> dict[str, Any]:
         try:
@@ -169,3 +159,26 @@ class BodyHandler(ApiHandler):
         if not isinstance(payload, dict):
             raise ApiError(400, "Request body must be a JSON object")
         return payload
+
+
+@tornado.web.stream_request_body
+class StreamedBodyHandler(BodyHandler):
+    """Reads the body itself, so an oversized one is refused from its declared length
+    before it is read, and a chunked one is not kept past the limit."""
+
+    def prepare(self) -> None:
+        self._chunks: list[bytes] = []
+        self._received = 0
+        super().prepare()
+
+    def data_received(self, chunk: bytes) -> None:
+        # The server's max_body_size cuts the connection further on.
+        self._received += len(chunk)
+        if self._received <= self.max_body_bytes:
+            self._chunks.append(chunk)
+
+    @property
+    def raw_body(self) -> bytes:
+        if self._received > self.max_body_bytes:
+            raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
+        return b"".join(self._chunks)

@@ -14,7 +14,7 @@ import jwt
 from livekit.api import TokenVerifier
 
 from eventlog import EventLog, StoreUnavailable
-from handlers.base import ApiError, BodyHandler
+from handlers.base import ApiError, StreamedBodyHandler
 
 # LiveKit signs each webhook with a 5-minute token; this much clock skew is tolerated.
 WEBHOOK_LEEWAY = timedelta(seconds=60)
@@ -42,7 +42,7 @@ class WebhookVerifier:
             raise ApiError(401, "Webhook body does not match its signature")
 
 
-class WebhookHandler(BodyHandler):
+class WebhookHandler(StreamedBodyHandler):
     max_body_bytes = 1024 * 1024
     content_types = ("application/webhook+json", "application/json")
 
