@@ -17,7 +17,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from config import PROJECT_DIR, Config, ConfigError
 from eventlog import EventLog, open_event_log
 from handlers.base import NotFoundHandler, log_request
-from handlers.events import EventHistoryHandler, EventsSocketHandler
+from handlers.events import CLOSE_GOING_AWAY, EventHistoryHandler, EventsSocketHandler
 from handlers.pages import HealthHandler, IndexHandler, VendorFileHandler
 from handlers.ratelimit import RateLimiter
 from handlers.token import TokenHandler
@@ -120,7 +120,7 @@ async def shutdown(server: tornado.httpserver.HTTPServer, app: tornado.web.Appli
     """Stop accepting, answer what is in flight, say goodbye to sockets, close the store."""
     server.stop()
     event_log: EventLog = app.settings["event_log"]
-    event_log.close_sockets(1001, "Server shutting down")
+    event_log.close_sockets(CLOSE_GOING_AWAY, "Server shutting down")
     in_flight: set[Any] = app.settings["requests_in_flight"]
     deadline = asyncio.get_running_loop().time() + SHUTDOWN_SECONDS
     while in_flight and asyncio.get_running_loop().time() < deadline:
