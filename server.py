@@ -39,7 +39,11 @@ def make_app(config: Config, event_log: EventLog | None = None) -> tornado.web.A
     # Tried in order: the busiest endpoint first.
     routes: list[Any] = [
         # `//token`: the iOS client's URL when its base ends in /
-        (r"/+token", TokenHandler, {"rate_limiter": RateLimiter(config.token_rate_limit)}),
+        (
+            r"/+token",
+            TokenHandler,
+            {"rate_limiter": RateLimiter(config.token_rate_limit) if config.token_rate_limit else None},
+        ),
         (r"/", IndexHandler),
         (r"/livekit/webhook", *webhook),
         (r"/webhook", *webhook),

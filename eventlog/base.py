@@ -6,12 +6,13 @@ ones, replays them by cursor, and hands every new one to the local fan-out.
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import orjson
 
 
 class StoreUnavailable(Exception):
@@ -48,7 +49,7 @@ def websocket_text_frame(data: bytes) -> bytes:
 
 def notice(code: str, message: str, **details: Any) -> bytes:
     """A frame that is not an event: it has `notice` and no `cursor`."""
-    return json.dumps({"notice": code, "message": message, **details}).encode()
+    return orjson.dumps({"notice": code, "message": message, **details})
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from http import HTTPStatus
 from typing import Any
 
+import orjson
 import tornado.web
 
 from config import Config
@@ -48,17 +48,6 @@ class ApiError(tornado.web.HTTPError):
 class ApiHandler(tornado.web.RequestHandler):
     """Base of the JSON endpoints: every error is `{"errorMessage": ...}`, never a traceback."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Shutdown waits for these to be answered (see server.shutdown).
-        self.settings["requests_in_flight"].add(self)
-
-    def on_finish(self) -> None:
-        self.settings["requests_in_flight"].discard(self)
-
-    def on_connection_close(self) -> None:
-        self.settings["requests_in_flight"].discard(self)
-
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -68,9 +57,10 @@ class ApiHandler(tornado.web.RequestHandler):
         return self.settings["config"]
 
     def write_json(self, payload: Any, status: int = 200) -> None:
-        self.set_status(status)
+        if status != 200:
+            self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+        self.finish(orjson.dumps(payload))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
@@ -83,13 +73,28 @@ class ApiHandler(tornado.web.RequestHandler):
         else:
             message = self._reason
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps({"errorMessage": message}, separators=(",", ":"), ensure_ascii=False))
+        self.finish(orjson.dumps({"errorMessage": message}))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Client errors are expected traffic: log one line, not a traceback.
         if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             return
         super().log_exception(typ, value, tb)
+
+
+class AwaitingHandler(ApiHandler):
+    """A handler that awaits before it answers (the store): shutdown waits for it to be
+    answered (see server.shutdown). Handlers that answer without awaiting need not."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings["requests_in_flight"].add(self)
+
+    def on_finish(self) -> None:
+        self.settings["requests_in_flight"].discard(self)
+
+    def on_connection_close(self) -> None:
+        self.settings["requests_in_flight"].discard(self)
 
 
 class NotFoundHandler(ApiHandler):
@@ -153,8 +158,8 @@ class BodyHandler(ApiHandler):
 
     def json_object(self) -> dict[str, Any]:
         try:
-            payload = json.loads(self.raw_body)
-        except (ValueError, RecursionError):
+            payload = orjson.loads(self.raw_body)  # strict JSON: no NaN, no lone surrogates
+        except orjson.JSONDecodeError:
             raise ApiError(400, "Request body is not valid JSON") from None
         if not isinstance(payload, dict):
             raise ApiError(400, "Request body must be a JSON object")
@@ -162,7 +167,7 @@ class BodyHandler(ApiHandler):
 
 
 @tornado.web.stream_request_body
-class StreamedBodyHandler(BodyHandler):
+class StreamedBodyHandler(AwaitingHandler, BodyHandler):
     """Reads the body itself, so an oversized one is refused from its declared length
     before it is read, and a chunked one is not kept past the limit."""
 

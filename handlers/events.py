@@ -11,7 +11,7 @@ from tornado.iostream import StreamClosedError
 
 from eventlog import EventLog, Frame, StoreUnavailable
 from eventlog.base import notice
-from handlers.base import ApiError, ApiHandler
+from handlers.base import ApiError, AwaitingHandler
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class EventsSocketHandler(tornado.websocket.WebSocketHandler):
         self.event_log.unsubscribe(self)
 
 
-class EventHistoryHandler(ApiHandler):
+class EventHistoryHandler(AwaitingHandler):
     """GET /events/history?since=&limit=: the frames a socket would replay, as a JSON list."""
 
     def initialize(self, event_log: EventLog) -> None:

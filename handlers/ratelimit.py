@@ -20,8 +20,6 @@ class RateLimiter:
 
     def retry_after(self, client: str) -> int:
         """0 when the request may go ahead (and is counted), else whole seconds to wait."""
-        if self.capacity <= 0:
-            return 0
         now = time.monotonic()
         tokens, last = self._buckets.pop(client, (self.capacity, now))
         tokens = min(self.capacity, tokens + (now - last) * self.refill_per_second)

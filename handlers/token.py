@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 import re
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from livekit.protocol.room import RoomConfiguration
 
@@ -58,20 +58,20 @@ _JWT_HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"
 def sign_hs256(claims: dict[str, Any], secret: str) -> str:
     """A compact HS256 JWT (RFC 7519): what PyJWT's encode produces for these claims,
     without its per-call header merging and key checks."""
-    payload = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode()).rstrip(b"=")
+    payload = base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=")
     signing_input = _JWT_HEADER + b"." + payload
     signature = hmac.digest(secret.encode(), signing_input, "sha256")
     return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
 
 
 class TokenHandler(CorsMixin, BodyHandler):
-    def initialize(self, rate_limiter: RateLimiter) -> None:
-        self.rate_limiter = rate_limiter
+    def initialize(self, rate_limiter: RateLimiter | None) -> None:
+        self.rate_limiter = rate_limiter  # None: TOKEN_RATE_LIMIT=0
 
     def prepare(self) -> None:
         if self.request.method == "POST":
             # Counted before anything else, so guessing the auth secret is limited too.
-            wait = self.rate_limiter.retry_after(self.request.remote_ip or "")
+            wait = self.rate_limiter.retry_after(self.request.remote_ip or "") if self.rate_limiter else 0
             if wait:
                 raise ApiError(429, f"Too many token requests; retry in {wait} s", {"Retry-After": str(wait)})
             self.check_auth()
@@ -141,8 +141,8 @@ class TokenHandler(CorsMixin, BodyHandler):
         return room
 
 
-# Unicode categories Cc (control) and Cs (lone surrogates, which JSON's \u escapes allow).
-_CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Unicode category Cc. (Lone surrogates, Cs, never get this far: the JSON parser refuses them.)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def _name(body: dict[str, Any], field: str, max_length: int, required: bool = False) -> str:
@@ -160,7 +160,7 @@ def _name(body: dict[str, Any], field: str, max_length: int, required: bool = Fa
         return ""
     if len(value) > max_length:
         raise ApiError(400, f"{field} must be at most {max_length} characters")
-    if _CONTROL_OR_SURROGATE.search(value):
+    if _CONTROL.search(value):
         raise ApiError(400, f"{field} must not contain control characters")
     return value
 

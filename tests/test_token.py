@@ -256,5 +256,11 @@ def test_hand_signed_tokens_are_what_pyjwt_signs() -> None:
 
     from handlers.token import sign_hs256
 
-    claims = {"video": {"roomJoin": True, "room": "Ré"}, "sub": "ü", "iss": API_KEY, "nbf": 1, "exp": 2}
+    claims = {"video": {"roomJoin": True, "room": "R"}, "sub": "a", "iss": API_KEY, "nbf": 1, "exp": 2}
     assert sign_hs256(claims, API_SECRET) == jwt.encode(claims, API_SECRET, algorithm="HS256")
+    # Non-ASCII names are sent as UTF-8 rather than \u escapes: the same claims once decoded.
+    unicode_claims = {**claims, "sub": "ü", "video": {"roomJoin": True, "room": "Réunion 会议"}}
+    token = sign_hs256(unicode_claims, API_SECRET)
+    assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
+    options = {"verify_exp": False, "verify_nbf": False}
+    assert jwt.decode(token, API_SECRET, algorithms=["HS256"], options=options) == unicode_claims
