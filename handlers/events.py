@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from asyncio import Future
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 CLOSE_TOO_SLOW = 1008
 CLOSE_GOING_AWAY = 1001
 HISTORY_MAX = 1000
+REPLAY_BATCH = 100
 
 
 class EventsSocketHandler(tornado.websocket.WebSocketHandler):
@@ -30,8 +32,10 @@ class EventsSocketHandler(tornado.websocket.WebSocketHandler):
         # Live frames that arrive while the replay is being sent wait here.
         self.held: list[Frame] | None = []
         self.last_order = (-1, -1)
-        self.in_flight = 0
-        self.last_write: Future[None] | None = None
+        # Frames written while the connection's buffer was not empty: what the peer has
+        # not taken yet. Counted without a callback per write, which fan-out would pay
+        # for every socket and every event.
+        self.waiting = 0
 
     def check_origin(self, origin: str) -> bool:
         # The events name participants: only this server's own pages and listed origins.
@@ -51,14 +55,15 @@ class EventsSocketHandler(tornado.websocket.WebSocketHandler):
         if replay is not None:
             if replay.notice is not None:
                 self.tell(replay.notice)
-            for frame in replay.frames:
-                if self.in_flight >= self.queue_limit // 2 + 1 and self.last_write is not None:
-                    # A long replay waits for the socket instead of counting as slowness.
+            for count, frame in enumerate(replay.frames, 1):
+                written = self.send(frame)
+                if written is not None and count % REPLAY_BATCH == 0:
+                    # A long replay waits for the peer instead of counting as slowness.
                     try:
-                        await self.last_write
-                    except (tornado.websocket.WebSocketClosedError, StreamClosedError):
+                        await written
+                    except StreamClosedError:
                         return
-                self.send(frame)
+                    self.waiting = 0
         held, self.held = self.held or [], None
         for frame in held:
             self.deliver(frame)
@@ -71,36 +76,28 @@ class EventsSocketHandler(tornado.websocket.WebSocketHandler):
         elif frame.order > self.last_order:
             self.send(frame)
 
-    def send(self, frame: Frame) -> None:
-        if self.in_flight >= self.queue_limit:
-            self.too_slow()
-            return
+    def send(self, frame: Frame) -> Future[None] | None:
         self.last_order = frame.order
         connection = self.ws_connection
-        if connection is None or connection.is_closing():
-            return
+        if connection is None or connection.is_closing() or connection.stream is None:
+            return None
+        stream = connection.stream
+        self.waiting = self.waiting + 1 if stream.writing() else 0
+        if self.waiting > self.queue_limit:
+            self.too_slow()
+            return None
         # The frame was built once for every socket (no compression is negotiated, so
         # all get the same bytes): write it as is. write_message would build it again
         # and wrap each write in a task, which was most of the fan-out's time.
         try:
-            future = connection.stream.write(frame.wire)  # type: ignore[union-attr]
+            return stream.write(frame.wire)
         except StreamClosedError:
-            return
-        self.track(future)
+            return None  # on_close follows
 
     def tell(self, notice_data: bytes) -> None:
         if self.ws_connection is not None and not self.ws_connection.is_closing():
-            self.track(self.write_message(notice_data))
-
-    def track(self, future: Future[None]) -> None:
-        self.last_write = future
-        self.in_flight += 1
-        future.add_done_callback(self.frame_written)
-
-    def frame_written(self, future: Future[None]) -> None:
-        self.in_flight -= 1
-        if not future.cancelled():
-            future.exception()  # a closed peer is handled by on_close; mark it seen
+            with contextlib.suppress(tornado.websocket.WebSocketClosedError):
+                self.write_message(notice_data)
 
     def too_slow(self) -> None:
         self.event_log.unsubscribe(self)
