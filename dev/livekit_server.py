@@ -93,9 +93,13 @@ class LiveKitServer:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        # livekit-server drains open rooms on the first signal and stops at once on the second.
+        for signal_wait in (2, 5):
+            self.process.terminate()
+            try:
+                self.process.wait(signal_wait)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        self.process.kill()
+        self.process.wait()
