@@ -1,12 +1,6 @@
--- POST /token with the OpenVidu tutorial body; prints one JSON line of results.
+-- POST /token with the OpenVidu tutorial body.
+dofile(debug.getinfo(1, "S").source:match("@(.*/)") .. "report.lua")
+
 wrk.method = "POST"
 wrk.body = '{"roomName":"bench-room","participantName":"alice"}'
 wrk.headers["Content-Type"] = "application/json"
-
-done = function(summary, latency, requests)
-  local errors = summary.errors
-  io.write(string.format(
-    '{"requests":%d,"seconds":%.3f,"p50_ms":%.3f,"p99_ms":%.3f,"errors":%d,"non2xx":%d}\n',
-    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    errors.connect + errors.read + errors.write + errors.timeout, errors.status))
-end
