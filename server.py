@@ -1,4 +1,4 @@
-"""The application server: make_app(config) builds it, main() runs it."""
+"""The application server: make_app(config) builds it, run() and main() serve it."""
 
 from __future__ import annotations
 

@@ -98,7 +98,8 @@ class SqliteEventLog(EventLog):
                 db.execute("DELETE FROM events WHERE seq <= ?", (newest - self.keep,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         return seqs
 

@@ -71,7 +71,7 @@ class ApiHandler(tornado.web.RequestHandler):
         elif status_code >= 500:
             message = "Internal server error"
         else:
-            message = self._reason
+            message = HTTPStatus(status_code).phrase
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(orjson.dumps({"errorMessage": message}))
 
@@ -110,21 +110,24 @@ class CorsMixin(ApiHandler):
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
+        self.cors_allowed = False
         origin = self.request.headers.get("Origin")
         allowed = self.config.cors_allowed_origins
         if origin is None:
             return
+        self.cors_allowed = True
         if "*" in allowed:
             self.set_header("Access-Control-Allow-Origin", "*")
         elif origin.rstrip("/") in allowed:
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Vary", "Origin")
         else:
+            self.cors_allowed = False
             return
         self.set_header("Access-Control-Expose-Headers", "Retry-After")
 
     def options(self, *args: Any) -> None:
-        if not self._headers.get("Access-Control-Allow-Origin"):
+        if not self.cors_allowed:
             raise ApiError(403, "Origin not allowed by CORS_ALLOWED_ORIGINS")
         self.set_header("Access-Control-Allow-Methods", self.cors_methods)
         self.set_header("Access-Control-Allow-Headers", "Content-Type, Authorization")
