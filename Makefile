@@ -75,7 +75,7 @@ soak: setup-dev
 	$(PY) -m bench.soak
 
 screenshot: setup-dev
-	SCREENSHOT=1 $(PY) -m pytest tests/test_e2e.py -k screenshot -q
+	SCREENSHOT=1 $(PY) -m pytest tests/test_e2e.py -k screenshot_scene -q
 
 clean:
 	rm -rf $(VENV) node_modules tools data
