@@ -119,3 +119,23 @@ def test_redis_down_then_back(server_process: Any, redis_server: Any) -> None:
     assert ids == [event["id"] for event in before + after]
     assert [frame["event"]["id"] for frame in server.history()] == ids
     page.close()
+
+
+def test_a_replay_while_other_instances_take_webhooks_has_no_gap(
+    server_process: Any, redis_server: Any
+) -> None:
+    redis = redis_server()
+    first, second = (server_process(EVENTS_REDIS_URL=redis.url) for _ in range(2))
+    before = [webhook_event("room_started", room=f"b{n}") for n in range(200)]
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(lambda event: post_webhook(first.url, event), before)) == {200}
+        during = [webhook_event("room_started", room=f"d{n}") for n in range(200)]
+        posting = [pool.submit(post_webhook, first.url, event) for event in during]
+        # Joins the stream from the start while the other instance keeps taking webhooks.
+        page = EventSocket(ws(second, "0-1"))
+        assert {future.result() for future in posting} == {200}
+    frames = page.wait_for(400)
+    ids = [frame["event"]["id"] for frame in frames]
+    assert sorted(ids) == sorted(event["id"] for event in before + during)  # none missing, none twice
+    assert [frame["cursor"] for frame in frames] == [frame["cursor"] for frame in second.history(limit=1000)]
+    page.close()
