@@ -1,4 +1,4 @@
-"""POST /livekit/webhook and /webhook: verify LiveKit's signed events, then log them."""
+"""POST /livekit/webhook and /webhook: verify LiveKit's signed events, then append them to the event log."""
 
 from __future__ import annotations
 
