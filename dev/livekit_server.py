@@ -24,10 +24,19 @@ def find_binary() -> str | None:
     return shutil.which("livekit-server") or (str(LIVEKIT_BIN) if LIVEKIT_BIN.is_file() else None)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback port free right now, and not handed out before by this process.
+    (Another process may still take it before it is used: starters retry.)"""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def is_listening(port: int, host: str = "127.0.0.1") -> bool:
@@ -54,8 +63,20 @@ class LiveKitServer:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> LiveKitServer:
-        self.port = self.port or free_port()
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> LiveKitServer:
+        """Start on free ports; a port taken meanwhile by another process means a retry
+        on new ones (the signal port too, unless it was chosen by the caller)."""
+        chosen = self.port
+        for attempt in range(1, attempts + 1):
+            self.port = chosen or free_port()
+            try:
+                return self._start_once(timeout)
+            except RuntimeError as error:
+                if attempt == attempts or "address already in use" not in str(error):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> LiveKitServer:
         workdir = Path(tempfile.mkdtemp(prefix="livekit-"))
         # JSON is YAML: no YAML library needed to write the config.
         settings = {
@@ -75,7 +96,7 @@ class LiveKitServer:
         }
         config_path = workdir / "livekit.yaml"
         config_path.write_text(json.dumps(settings, indent=2))
-        self.log_path = self.log_path or workdir / "livekit.log"
+        self.log_path = workdir / "livekit.log" if self.log_path is None else self.log_path
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(
                 [self.binary, "--config", str(config_path)], stdout=log_file, stderr=subprocess.STDOUT

@@ -223,7 +223,15 @@ def redis_server(tmp_path: Path) -> Any:
     def start(persistent: bool = False) -> RedisServer:
         directory = tmp_path / f"redis-{len(started)}"
         directory.mkdir()
-        server = RedisServer(directory, persistent).start()
+        for attempt in range(3):  # a free port may be taken by another process meanwhile
+            server = RedisServer(directory, persistent)
+            try:
+                server.start()
+                break
+            except AssertionError:
+                server.stop()
+                if attempt == 2:
+                    raise
         started.append(server)
         return server
 

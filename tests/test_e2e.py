@@ -31,19 +31,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProc
     require("livekit-server", binary is not None, HOW_TO_GET)
     assert binary is not None
     workdir = tmp_path_factory.mktemp("e2e")
-    livekit_port, app_port = free_port(), free_port()
-    app = ServerProcess(workdir, SERVER_PORT=str(app_port), LIVEKIT_URL=f"ws://127.0.0.1:{livekit_port}")
+    app_port = free_port()
     livekit = LiveKitServer(
         binary,
         f"http://127.0.0.1:{app_port}/livekit/webhook",
-        port=livekit_port,
         empty_timeout=5,
         departure_timeout=2,
         log_path=workdir / "livekit.log",
     )
+    app = ServerProcess(workdir, SERVER_PORT=str(app_port))
     try:
+        livekit.start()  # first: it picks its ports, and the app is told its URL
+        app.env["LIVEKIT_URL"] = livekit.url
         app.start()
-        livekit.start()
         yield app, livekit
     finally:
         livekit.stop()
