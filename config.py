@@ -11,6 +11,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from handlers.origins import parse_origin
+
 DEV_API_KEY = "devkey"
 DEV_API_SECRET = "secret"
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -37,6 +39,7 @@ class Config:
     token_auth_secret: str = ""
     token_rate_limit: int = 120
     trust_proxy_headers: bool = False
+    public_origins: tuple[str, ...] = ()
     token_client_fields: tuple[str, ...] = CLIENT_SETTABLE
     room_name_pattern: str = ""
     name_max_length: int = 256
@@ -78,6 +81,7 @@ class Config:
             token_auth_secret=text("TOKEN_AUTH_SECRET", ""),
             token_rate_limit=_integer(values, "TOKEN_RATE_LIMIT", 120, low=0),
             trust_proxy_headers=_flag(text("TRUST_PROXY_HEADERS", "false"), "TRUST_PROXY_HEADERS"),
+            public_origins=_public_origins(text("PUBLIC_ORIGINS", "")),
             token_client_fields=_fields(text("TOKEN_CLIENT_FIELDS", ",".join(cls.token_client_fields))),
             room_name_pattern=_pattern(text("ROOM_NAME_PATTERN", "")),
             name_max_length=_integer(values, "NAME_MAX_LENGTH", 256, low=1, high=4096),
@@ -167,3 +171,14 @@ def _pattern(raw: str) -> str:
 
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
+
+
+def _public_origins(raw: str) -> tuple[str, ...]:
+    origins = _origins(raw)
+    for origin in origins:
+        if parse_origin(origin) is None:
+            raise ConfigError(
+                "PUBLIC_ORIGINS lists the origins of this server's pages, such as "
+                f"https://app.example.com (scheme, host, port if not the default; no path), not {origin!r}"
+            )
+    return origins

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from asyncio import Future
-from urllib.parse import urlsplit
 
 import tornado.websocket
 from tornado.iostream import StreamClosedError
@@ -13,6 +12,7 @@ from tornado.iostream import StreamClosedError
 from eventlog import EventLog, Frame, StoreUnavailable
 from eventlog.base import notice
 from handlers.base import ApiError, AwaitingHandler
+from handlers.origins import EveryOriginChecked, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ HISTORY_MAX = 1000
 REPLAY_BATCH = 100
 
 
-class EventsSocketHandler(tornado.websocket.WebSocketHandler):
+class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler):
     """Relays what the event log yields; knows nothing about webhooks or tokens."""
 
     def initialize(self, event_log: EventLog) -> None:
@@ -39,10 +39,9 @@ class EventsSocketHandler(tornado.websocket.WebSocketHandler):
 
     def check_origin(self, origin: str) -> bool:
         # The events name participants: only this server's own pages and listed origins.
-        allowed = self.settings["config"].events_allowed_origins
-        if origin.rstrip("/") in allowed or "*" in allowed:
-            return True
-        return urlsplit(origin).netloc.lower() == self.request.host.lower()
+        config = self.settings["config"]
+        allowed = config.events_allowed_origins
+        return "*" in allowed or origin.rstrip("/") in allowed or same_origin(origin, self.request, config)
 
     async def open(self) -> None:
         self.event_log.subscribe(self)

@@ -1,0 +1,131 @@
+"""Is a browser request from this server's own page? For WS /events (and the admin API's CSRF check).
+
+A page is this server's own when its origin is listed in PUBLIC_ORIGINS, or when it was
+served from an IP address, `localhost` or the SERVER_HOST name and is the very host and
+port (and, behind a trusted proxy, scheme) this request was sent to. Any other name is
+refused even when Host agrees: DNS rebinding points an attacker's name at this server,
+and the browser then sends that name as both Origin and Host. An IP address or
+`localhost` cannot be rebound, so those need no configuration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import tornado.web
+
+if TYPE_CHECKING:
+    from tornado.httputil import HTTPServerRequest
+
+    from config import Config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# (scheme, host, port) of a page; the host lowercased, IPv6 without brackets.
+Origin = tuple[str, str, int]
+_HINTS_MAX = 64
+_hinted: set[str] = set()
+
+
+def parse_origin(text: str) -> Origin | None:
+    """`https://App.example.com` -> ("https", "app.example.com", 443); None when it is not
+    an http(s) origin (`null`, a path, user info, a bad port)."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if (
+        parts.scheme not in DEFAULT_PORTS
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        return None
+    return parts.scheme, _canonical(parts.hostname), DEFAULT_PORTS[parts.scheme] if port is None else port
+
+
+def request_host(request: HTTPServerRequest, config: Config) -> tuple[str, int | None]:
+    """The host and port (None: the scheme's default) the client sent this request to:
+    X-Forwarded-Host when the proxy is trusted and sends it, else Host."""
+    host = request.headers.get("Host", "")
+    if config.trust_proxy_headers:
+        # A list when proxies are chained: the last one was set by the proxy next to us.
+        host = request.headers.get("X-Forwarded-Host", "").split(",")[-1].strip() or host
+    try:
+        parts = urlsplit("//" + host)
+        return _canonical(parts.hostname or ""), parts.port
+    except ValueError:
+        return "", None
+
+
+def same_origin(origin: str, request: HTTPServerRequest, config: Config) -> bool:
+    """True when `origin` (a request's Origin header) is a page of this server."""
+    page = parse_origin(origin)
+    if page is None:
+        return False
+    if any(parse_origin(public) == page for public in config.public_origins):
+        return True
+    scheme, host, port = page
+    own_host, own_port = request_host(request, config)
+    if host != own_host:
+        return False  # someone else's page: the access log has the 403
+    if not _cannot_be_rebound(host, config):
+        _hint(origin, "a name is trusted only when PUBLIC_ORIGINS lists it; add it there if it is ours")
+        return False
+    # TLS ends at the proxy: only a trusted proxy tells the scheme the browser used
+    # (X-Forwarded-Proto, applied by Tornado's xheaders). Untrusted, host and port decide:
+    # one port speaks one protocol.
+    own_scheme = request.protocol if config.trust_proxy_headers else scheme
+    if own_scheme != scheme:
+        _hint(origin, f"the proxy says this request came over {own_scheme} (X-Forwarded-Proto)")
+        return False
+    if (own_port or DEFAULT_PORTS[scheme]) != port:
+        if own_port is None:
+            _hint(origin, "the Host header has no port: a proxy in front drops it (nginx: Host $http_host)")
+        return False
+    return True
+
+
+class EveryOriginChecked(tornado.web.RequestHandler):
+    """Tornado (6.6) decides without asking check_origin when Origin matches Host or
+    Sec-Fetch-Site says same-origin, which is exactly what a DNS-rebound page sends.
+    Here every request that carries an Origin is put to the check."""
+
+    def _check_cross_origin(self, check: Callable[[str], bool]) -> str | None:
+        origin = self.request.headers.get("Origin")
+        if origin is None or check(origin):
+            return None  # no Origin: not a browser, which could send any Origin anyway
+        return f"Origin {origin!r} not allowed"
+
+
+def _canonical(host: str) -> str:
+    host = host.lower()
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
+def _cannot_be_rebound(host: str, config: Config) -> bool:
+    """An IP address, or a name an attacker's DNS cannot answer for."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host in ("localhost", config.server_host.lower())
+
+
+def _hint(origin: str, why: str) -> None:
+    # Once per origin and reason (bounded): the likely misconfigurations, said where they show.
+    message = f"Refused a page at {origin!r} that asked for this server's own host: {why}"
+    if message not in _hinted and len(_hinted) < _HINTS_MAX:
+        _hinted.add(message)
+        log.warning("%s", message)
