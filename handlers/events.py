@@ -12,7 +12,7 @@ from tornado.iostream import StreamClosedError
 from eventlog import EventLog, Frame, StoreUnavailable
 from eventlog.base import notice
 from handlers.base import ApiError, AwaitingHandler
-from handlers.origins import EveryOriginChecked, same_origin
+from handlers.origins import UNKNOWN_HOST, EveryOriginChecked, known_host, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,8 @@ class EventHistoryHandler(AwaitingHandler):
         self.event_log = event_log
 
     async def get(self) -> None:
+        if not known_host(self.request, self.config):  # DNS rebinding: see handlers/origins.py
+            raise ApiError(403, UNKNOWN_HOST)
         since = self.get_query_argument("since", None) or None
         raw_limit = self.get_query_argument("limit", "100")
         if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= HISTORY_MAX:

@@ -1,4 +1,5 @@
-"""Is a browser request from this server's own page? For WS /events (and the admin API's CSRF check).
+"""Is a browser request from this server's own page? For WS /events (and the admin API's CSRF check);
+and was a request sent to this server's own host (GET /events/history).
 
 A page is this server's own when its origin is listed in PUBLIC_ORIGINS, or when it was
 served from an IP address, `localhost` or the SERVER_HOST name and is the very host and
@@ -94,6 +95,19 @@ def same_origin(origin: str, request: HTTPServerRequest, config: Config) -> bool
     return True
 
 
+UNKNOWN_HOST = "Not a host of this server: an IP address, localhost, or a name listed in PUBLIC_ORIGINS"
+
+
+def known_host(request: HTTPServerRequest, config: Config) -> bool:
+    """True when the request was sent to a host this server answers for as itself. A GET
+    from a DNS-rebound page carries no Origin, only the attacker's name as Host: endpoints
+    whose answer names participants check this."""
+    host, _ = request_host(request, config)
+    if _cannot_be_rebound(host, config):
+        return True
+    return any((parse_origin(public) or ("", "", 0))[1] == host for public in config.public_origins)
+
+
 class EveryOriginChecked(tornado.web.RequestHandler):
     """Tornado (6.6) decides without asking check_origin when Origin matches Host or
     Sec-Fetch-Site says same-origin, which is exactly what a DNS-rebound page sends.
@@ -120,7 +134,7 @@ def _cannot_be_rebound(host: str, config: Config) -> bool:
         ipaddress.ip_address(host)
         return True
     except ValueError:
-        return host in ("localhost", config.server_host.lower())
+        return host == "localhost" or (host != "" and host == config.server_host.lower())
 
 
 def _hint(origin: str, why: str) -> None:

@@ -4,6 +4,7 @@ nginx and a browser: tests/test_proxy.py."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -13,7 +14,7 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 from tornado.websocket import websocket_connect
 
 from config import Config, ConfigError
-from handlers.origins import parse_origin, same_origin
+from handlers.origins import known_host, parse_origin, same_origin
 
 
 def request_to(host: str, protocol: str = "http", **headers: str) -> HTTPServerRequest:
@@ -103,6 +104,30 @@ def test_same_origin(origin: str, request_: HTTPServerRequest, config: Config, a
     assert same_origin(origin, request_, config) is accepted
 
 
+@pytest.mark.parametrize(
+    ("host", "config", "known"),
+    [
+        ("localhost:6080", PLAIN, True),
+        ("127.0.0.1", PLAIN, True),
+        ("[::1]:6080", PLAIN, True),
+        ("evil.example:6080", PLAIN, False),
+        ("", PLAIN, False),
+        ("app.example.com", NAMED, True),
+        ("app.example.com:9999", NAMED, True),  # names are what DNS rebinding forges, not ports
+        ("www.app.example.com", NAMED, False),
+        ("box.lan:6080", Config(server_host="box.lan"), True),
+    ],
+)
+def test_known_hosts(host: str, config: Config, known: bool) -> None:
+    assert known_host(request_to(host), config) is known
+
+
+def test_a_trusted_proxy_names_the_host() -> None:
+    forwarded = request_to("127.0.0.1:6080", **{"X-Forwarded-Host": "evil.example"})
+    assert not known_host(forwarded, TRUSTED)
+    assert known_host(forwarded, PLAIN)  # an untrusted X-Forwarded-Host is ignored
+
+
 def test_origins_are_compared_by_scheme_host_and_port() -> None:
     assert parse_origin("HTTPS://App.Example.COM:443/") == ("https", "app.example.com", 443)
     assert parse_origin("http://[0:0::1]") == ("http", "::1", 80)
@@ -169,3 +194,19 @@ async def test_a_refused_name_of_this_host_logs_what_to_set(
         "Refused a page at 'http://localhost:6099' that asked for this server's own host: "
         "the Host header has no port: a proxy in front drops it (nginx: Host $http_host)",
     ]
+
+
+@pytest.mark.settings(public_origins=("https://app.example.com",))
+@pytest.mark.gen_test
+async def test_history_answers_only_for_this_servers_hosts(http_client: Any, base_url: str) -> None:
+    """A DNS-rebound page fetches /events/history same-origin, without an Origin header."""
+
+    async def history(host: str) -> Any:
+        url = base_url + "/events/history"
+        return await http_client.fetch(url, headers={"Host": host}, raise_error=False)
+
+    refused = await history("evil.example")
+    assert refused.code == 403
+    assert "PUBLIC_ORIGINS" in json.loads(refused.body)["errorMessage"]
+    for host in ("localhost", "127.0.0.1:6080", "app.example.com"):
+        assert (await history(host)).code == 200

@@ -305,8 +305,14 @@ def test_the_readme_caddy_example(
 
 
 def test_a_dns_rebound_page_gets_no_events_without_a_proxy(server_process: Any, page: Any) -> None:
-    """The attacker's name resolves to this server: its page loads, its event socket is refused."""
+    """The attacker's name resolves to this server: its page loads, but neither its event
+    socket nor its same-origin fetch of the history get anything."""
     server = server_process()
+    assert post_webhook(server.url, webhook_event("room_started", room="secret-room")) == 200
+    fetch_history = "() => fetch('/events/history').then(response => response.text())"
     assert open_event_panel(page, f"http://{REBOUND}:{server.port}/") == "reconnecting"
-    assert "403 GET /events" in server.log_text()
+    assert "secret-room" not in page.evaluate(fetch_history)
+    assert "403 GET /events " in server.log_text()
+    assert "403 GET /events/history " in server.log_text()
     assert open_event_panel(page, f"http://127.0.0.1:{server.port}/") == "live"
+    assert "secret-room" in page.evaluate(fetch_history)
