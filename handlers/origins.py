@@ -72,7 +72,7 @@ def same_origin(origin: str, request: HTTPServerRequest, config: Config) -> bool
     page = parse_origin(origin)
     if page is None:
         return False
-    if any(parse_origin(public) == page for public in config.public_origins):
+    if page in _public_origins(config):
         return True
     scheme, host, port = page
     own_host, own_port = request_host(request, config)
@@ -105,7 +105,7 @@ def known_host(request: HTTPServerRequest, config: Config) -> bool:
     host, _ = request_host(request, config)
     if _cannot_be_rebound(host, config):
         return True
-    return any((parse_origin(public) or ("", "", 0))[1] == host for public in config.public_origins)
+    return any(public_host == host for _, public_host, _ in _public_origins(config))
 
 
 class EveryOriginChecked(tornado.web.RequestHandler):
@@ -118,6 +118,10 @@ class EveryOriginChecked(tornado.web.RequestHandler):
         if origin is None or check(origin):
             return None  # no Origin: not a browser, which could send any Origin anyway
         return f"Origin {origin!r} not allowed"
+
+
+def _public_origins(config: Config) -> list[Origin]:
+    return [page for page in map(parse_origin, config.public_origins) if page is not None]
 
 
 def _canonical(host: str) -> str:
