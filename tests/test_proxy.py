@@ -21,6 +21,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.netutil import DefaultLoopResolver, OverrideResolver
 from tornado.websocket import websocket_connect
 
+from dev.livekit_server import free_port
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS, post_webhook, require, wait_until, webhook_event
 from tests.proxies import (
     CADDY,
@@ -107,6 +108,14 @@ def readme_environment(command_line: str) -> dict[str, str]:
     words = shlex.split(command_line)
     words = words[1:] if words[0] == "export" else words
     return dict(word.split("=", 1) for word in words if "=" in word and not word.startswith("-"))
+
+
+def readme_server_environment(proxy_port: int) -> dict[str, str]:
+    """The HTTPS section's server settings, its public origin on the proxy's test port."""
+    environment = readme_environment(readme_block("sh", "PUBLIC_ORIGINS=").strip())
+    origin = f"https://{SITE}"
+    environment["PUBLIC_ORIGINS"] = fill_in(environment["PUBLIC_ORIGINS"], {origin: f"{origin}:{proxy_port}"})
+    return environment
 
 
 def handshake(url: str, context: ssl.SSLContext | None = None, **headers: str) -> int:
@@ -212,12 +221,7 @@ def test_the_readme_https_example_with_nginx(
 ) -> None:
     """TLS ends at nginx: the page at its name and at its address, wss to itself, and the
     client addresses and scheme from nginx's headers only when TRUST_PROXY_HEADERS is on."""
-    environment = readme_environment(readme_block("sh", "PUBLIC_ORIGINS=").strip())
-    assert environment["PUBLIC_ORIGINS"] == f"https://{SITE}"
-    # PUBLIC_ORIGINS gets the port nginx got, below.
-    server = server_process(
-        **{**environment, "TRUST_PROXY_HEADERS": str(trusted).lower(), "TOKEN_RATE_LIMIT": "2"}
-    )
+    app_port = free_port()  # the proxy first: the server's PUBLIC_ORIGINS has the proxy's port
     block = readme_block("nginx", "ssl_certificate")
     proxy = nginx(
         lambda ports: fill_in(
@@ -226,13 +230,13 @@ def test_the_readme_https_example_with_nginx(
                 "listen 443 ssl;": f"listen 127.0.0.1:{ports[0]} ssl;",
                 "/etc/ssl/certs/app.example.com.pem": str(certificate.cert),
                 "/etc/ssl/private/app.example.com.key": str(certificate.key),
-                "http://127.0.0.1:6080": server.url,
+                "http://127.0.0.1:6080": f"http://127.0.0.1:{app_port}",
             },
         )
     )
-    server.stop()
-    server.env["PUBLIC_ORIGINS"] = f"https://{SITE}:{proxy.port}"
-    server.start()
+    environment = readme_server_environment(proxy.port)
+    environment["TRUST_PROXY_HEADERS"] = str(trusted).lower()
+    server = server_process(**environment, SERVER_PORT=str(app_port), TOKEN_RATE_LIMIT="2")
     check_behind_tls_proxy(server, proxy, page, certificate, trusted, any_host=True)
 
 
@@ -275,8 +279,7 @@ def test_the_readme_caddy_example(
     server_process: Any, caddy: Any, page: Any, certificate: Certificate
 ) -> None:
     """Caddy as the README shows it, with the test's certificate instead of a public one."""
-    environment = readme_environment(readme_block("sh", "PUBLIC_ORIGINS=").strip())
-    server = server_process(**{**environment, "TOKEN_RATE_LIMIT": "2"})
+    app_port = free_port()
     block = readme_block("caddyfile", "reverse_proxy")
 
     def render(ports: list[int], header_line: bool = True) -> str:
@@ -284,15 +287,14 @@ def test_the_readme_caddy_example(
             block,
             {
                 f"{SITE} {{": f"https://{SITE}:{ports[0]} {{\n  tls {certificate.cert} {certificate.key}",
-                "127.0.0.1:6080": f"127.0.0.1:{server.port}",
+                "127.0.0.1:6080": f"127.0.0.1:{app_port}",
             },
         )
         return text if header_line else fill_in(text, {"header_up X-Real-IP {remote_host}": ""})
 
     proxy = caddy(render)
-    server.stop()
-    server.env["PUBLIC_ORIGINS"] = f"https://{SITE}:{proxy.port}"
-    server.start()
+    environment = readme_server_environment(proxy.port)
+    server = server_process(**environment, SERVER_PORT=str(app_port), TOKEN_RATE_LIMIT="2")
     check_behind_tls_proxy(server, proxy, page, certificate, trusted=True, any_host=False)
 
     # Why the README's header_up line: without it, Caddy passes a client's X-Real-IP on.
