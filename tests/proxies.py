@@ -76,22 +76,17 @@ def make_certificate(directory: Path, names: list[str], addresses: list[str]) ->
 
 
 class Proxy:
-    """A proxy process whose configuration names its ports; started on free ones, with
-    another try when one was taken meanwhile by another process."""
+    """A proxy process whose configuration, `render(port)`, names the port it listens on: a free
+    one, and another when it was taken meanwhile by another process."""
 
     name = "proxy"
 
-    def __init__(self, directory: Path, render: Callable[[list[int]], str], port_count: int = 1) -> None:
+    def __init__(self, directory: Path, render: Callable[[int], str]) -> None:
         self.directory = directory
         self.render = render
-        self.port_count = port_count
-        self.ports: list[int] = []
+        self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def port(self) -> int:
-        return self.ports[0]
 
     def command(self, configuration: str) -> list[str]:
         raise NotImplementedError
@@ -104,11 +99,11 @@ class Proxy:
 
     def start(self) -> Proxy:
         for attempt in range(3):
-            self.ports = [free_port() for _ in range(self.port_count)]
+            self.port = free_port()
             log_path = self.directory / "output.log"
             with open(log_path, "wb") as output:
                 self.process = subprocess.Popen(
-                    self.command(self.render(self.ports)),
+                    self.command(self.render(self.port)),
                     cwd=self.directory,
                     stdout=output,
                     stderr=subprocess.STDOUT,
@@ -116,7 +111,7 @@ class Proxy:
                 )
             deadline = time.monotonic() + 15
             while self.process.poll() is None and time.monotonic() < deadline:
-                if all(is_listening(port) for port in self.ports):
+                if is_listening(self.port):
                     return self
                 time.sleep(0.05)
             self.stop()

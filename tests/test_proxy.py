@@ -85,8 +85,8 @@ def proxy_fixture(kind: type[Proxy], binary: str, how: str) -> Any:
         require(kind.name, Path(binary).is_file(), how)
         started: list[Proxy] = []
 
-        def start(render: Callable[[list[int]], str], port_count: int = 1) -> Proxy:
-            proxy = kind(tmp_path / f"{kind.name}-{len(started)}", render, port_count)
+        def start(render: Callable[[int], str]) -> Proxy:
+            proxy = kind(tmp_path / f"{kind.name}-{len(started)}", render)
             started.append(proxy)
             return proxy.start()
 
@@ -190,10 +190,10 @@ def test_the_readme_load_balancer_example_works_as_written(
     first, second = server_process(**environment), server_process(**environment)
     block = readme_block("nginx", "upstream app_servers")
     proxy = nginx(
-        lambda ports: fill_in(
+        lambda port: fill_in(
             block,
             {
-                "listen 6080;": f"listen 127.0.0.1:{ports[0]};",
+                "listen 6080;": f"listen 127.0.0.1:{port};",
                 "127.0.0.1:6081": f"127.0.0.1:{first.port}",
                 "127.0.0.1:6082": f"127.0.0.1:{second.port}",
             },
@@ -224,10 +224,10 @@ def test_the_readme_https_example_with_nginx(
     app_port = free_port()  # the proxy first: the server's PUBLIC_ORIGINS has the proxy's port
     block = readme_block("nginx", "ssl_certificate")
     proxy = nginx(
-        lambda ports: fill_in(
+        lambda port: fill_in(
             block,
             {
-                "listen 443 ssl;": f"listen 127.0.0.1:{ports[0]} ssl;",
+                "listen 443 ssl;": f"listen 127.0.0.1:{port} ssl;",
                 "/etc/ssl/certs/app.example.com.pem": str(certificate.cert),
                 "/etc/ssl/private/app.example.com.key": str(certificate.key),
                 "http://127.0.0.1:6080": f"http://127.0.0.1:{app_port}",
@@ -282,11 +282,11 @@ def test_the_readme_caddy_example(
     app_port = free_port()
     block = readme_block("caddyfile", "reverse_proxy")
 
-    def render(ports: list[int], header_line: bool = True) -> str:
+    def render(port: int, header_line: bool = True) -> str:
         text = fill_in(
             block,
             {
-                f"{SITE} {{": f"https://{SITE}:{ports[0]} {{\n  tls {certificate.cert} {certificate.key}",
+                f"{SITE} {{": f"https://{SITE}:{port} {{\n  tls {certificate.cert} {certificate.key}",
                 "127.0.0.1:6080": f"127.0.0.1:{app_port}",
             },
         )
@@ -298,7 +298,7 @@ def test_the_readme_caddy_example(
     check_behind_tls_proxy(server, proxy, page, certificate, trusted=True, any_host=False)
 
     # Why the README's header_up line: without it, Caddy passes a client's X-Real-IP on.
-    bare = caddy(lambda ports: render(ports, header_line=False))
+    bare = caddy(lambda port: render(port, header_line=False))
     context = ssl.create_default_context(cafile=str(certificate.ca))
     picked = [
         token_status(bare.port, "127.0.0.7", context, **{"X-Real-IP": f"198.51.100.{n}"}) for n in range(4)
