@@ -1,6 +1,6 @@
 """Whose pages may open WS /events: this server's own (an IP address, localhost, or a name in
-PUBLIC_ORIGINS), never a name only because Host agrees (DNS rebinding). Through a real
-nginx and a browser: tests/test_proxy.py."""
+PUBLIC_ORIGINS), never a name only because Host agrees (DNS rebinding); and under which hosts
+/events/history answers. Through real proxies and a browser: tests/test_proxy.py."""
 
 from __future__ import annotations
 
