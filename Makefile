@@ -5,10 +5,23 @@ PY := $(VENV)/bin/python
 LIVEKIT_VERSION := v1.13.5
 LIVEKIT_BIN := tools/bin/livekit-server
 
-.PHONY: run test lint unit setup setup-dev system-packages livekit bench soak screenshot clean
+.PHONY: run run-lan caddy test lint unit setup setup-dev system-packages livekit bench soak screenshot clean
 
 run: setup
 	@$(PY) -m dev.run
+
+# `make run` plus HTTPS on the LAN (Caddy) in OpenVidu's local layout: see the README's
+# "Test from your phone". Without Caddy, dev.lan says how to get it.
+run-lan: setup caddy
+	@$(PY) -m dev.lan
+
+caddy:
+	@if ! command -v caddy >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing Debian's caddy"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq caddy >/dev/null; \
+	  systemctl disable --now caddy >/dev/null 2>&1 || true; \
+	fi
 
 test: setup-dev lint
 	$(PY) -m pytest
@@ -39,8 +52,10 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 # Debian's chromium (browser tests), redis-server (shared event log), wrk (bench), nginx and
-# caddy (tests behind a proxy; openssl makes their certificate), installed when missing and
-# when we may; otherwise the tests say what is missing.
+# caddy (tests behind a proxy; openssl makes their certificate; caddy also serves
+# `make run-lan`), certutil (libnss3-tools: Chromium trusting run-lan's local CA) and zbarimg
+# (zbar-tools: the LAN tests read QR codes back), installed when missing and when we may;
+# otherwise the tests say what is missing.
 system-packages:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -49,11 +64,14 @@ system-packages:
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	command -v caddy >/dev/null || missing="$$missing caddy"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v certutil >/dev/null || missing="$$missing libnss3-tools"; \
+	command -v zbarimg >/dev/null || missing="$$missing zbar-tools"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "Installing Debian packages:$$missing"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    case "$$missing" in *caddy*) systemctl disable --now caddy >/dev/null 2>&1 || true;; esac; \
 	  else echo "Not installed (needs root and apt-get):$$missing"; fi; \
 	fi
 

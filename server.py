@@ -55,6 +55,11 @@ def make_app(config: Config, event_log: EventLog | None = None) -> tornado.web.A
             VendorFileHandler,
             {"path": str(PROJECT_DIR / "node_modules" / "livekit-client" / "dist")},
         ),
+        (  # the demo page's invite QR code
+            r"/vendor/qrcode-generator/(.*)",
+            VendorFileHandler,
+            {"path": str(PROJECT_DIR / "node_modules" / "qrcode-generator" / "dist")},
+        ),
     ]
     jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
     return tornado.web.Application(

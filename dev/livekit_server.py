@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import socket
@@ -56,6 +57,11 @@ class LiveKitServer:
     webhook_api_key: str = "devkey"
     empty_timeout: int = 300
     departure_timeout: int = 20
+    # The address its ICE candidates name: loopback for tests, the LAN address for `make run-lan`.
+    node_ip: str = "127.0.0.1"
+    # Media ports (ICE over TCP, the UDP mux): 0 picks free ones at each start.
+    rtc_tcp_port: int = 0
+    rtc_udp_port: int = 0
     log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
@@ -83,11 +89,11 @@ class LiveKitServer:
             "port": self.port,
             "bind_addresses": ["127.0.0.1"],
             "rtc": {
-                "tcp_port": free_port(),
-                "udp_port": free_port(socket.SOCK_DGRAM),
+                "tcp_port": self.rtc_tcp_port or free_port(),
+                "udp_port": self.rtc_udp_port or free_port(socket.SOCK_DGRAM),
                 "use_external_ip": False,
-                "node_ip": "127.0.0.1",
-                "enable_loopback_candidate": True,
+                "node_ip": self.node_ip,
+                "enable_loopback_candidate": ipaddress.ip_address(self.node_ip).is_loopback,
             },
             "keys": self.keys,
             "webhook": {"api_key": self.webhook_api_key, "urls": [self.webhook_url]},

@@ -1,5 +1,6 @@
 // Joining a room: a token from /token, then livekit-client (served from this origin).
 import { ConnectionError, Room, RoomEvent, Track } from "/vendor/livekit-client/livekit-client.esm.mjs";
+import { hideInvite, roomFromUrl, showInvite } from "./invite.js";
 
 const form = document.getElementById("join-form");
 const joinButton = document.getElementById("join-button");
@@ -17,6 +18,7 @@ const urlField = document.getElementById("livekit-url");
 let room = null;
 
 nameField.value ||= `guest-${Math.random().toString(36).slice(2, 7)}`;
+form.roomName.value = roomFromUrl() || form.roomName.value; // an invite link names the room
 if (!urlField.value) urlField.value = document.body.dataset.livekitUrl;
 
 function showError(message) {
@@ -135,6 +137,7 @@ async function join(event) {
     for (const participant of room.remoteParticipants.values()) tileFor(participant);
     updateCount();
     showJoined(true);
+    showInvite(room.name);
     try {
       await room.localParticipant.enableCameraAndMicrophone();
     } catch (error) {
@@ -158,6 +161,7 @@ async function leave() {
   tiles.replaceChildren();
   updateCount();
   showJoined(false);
+  hideInvite();
 }
 
 async function toggle(button, what, isOn, setOn) {
