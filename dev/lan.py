@@ -261,6 +261,7 @@ def taken_port(lan: LanSettings) -> int | None:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     for port in (CLIENT_HTTPS_PORT, SERVER_HTTPS_PORT, LIVEKIT_HTTPS_PORT, lan.ca_port):
         with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Caddy does
             try:
                 probe.bind((address, port))
             except OSError:
@@ -369,6 +370,7 @@ def start_livekit(lan: LanSettings, config: Config, upstream: str) -> LiveKitSer
         keys={config.livekit_api_key: config.livekit_api_secret},
         webhook_api_key=config.livekit_api_key,
         node_ip=lan.address,
+        advertise_only_node_ip=True,
         rtc_tcp_port=lan.rtc_tcp_port,
         rtc_udp_port=lan.rtc_udp_port,
     ).start()

@@ -11,6 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from config import PROJECT_DIR
 
@@ -59,6 +60,8 @@ class LiveKitServer:
     departure_timeout: int = 20
     # The address its ICE candidates name: loopback for tests, the LAN address for `make run-lan`.
     node_ip: str = "127.0.0.1"
+    # Only node_ip: no candidate from another interface or IPv6 (what `make run-lan` promises).
+    advertise_only_node_ip: bool = False
     # Media ports (ICE over TCP, the UDP mux): 0 picks free ones at each start.
     rtc_tcp_port: int = 0
     rtc_udp_port: int = 0
@@ -85,7 +88,7 @@ class LiveKitServer:
     def _start_once(self, timeout: float) -> LiveKitServer:
         workdir = Path(tempfile.mkdtemp(prefix="livekit-"))
         # JSON is YAML: no YAML library needed to write the config.
-        settings = {
+        settings: dict[str, Any] = {
             "port": self.port,
             "bind_addresses": ["127.0.0.1"],
             "rtc": {
@@ -100,6 +103,10 @@ class LiveKitServer:
             "room": {"empty_timeout": self.empty_timeout, "departure_timeout": self.departure_timeout},
             "logging": {"level": "info"},
         }
+        if self.advertise_only_node_ip:
+            node = ipaddress.ip_address(self.node_ip)
+            # Candidates come from interface addresses, then are rewritten to node_ip.
+            settings["rtc"]["ips"] = {"includes": ["127.0.0.0/8" if node.is_loopback else f"{node}/32"]}
         config_path = workdir / "livekit.yaml"
         config_path.write_text(json.dumps(settings, indent=2))
         self.log_path = workdir / "livekit.log" if self.log_path is None else self.log_path
