@@ -12,6 +12,7 @@ advertises the LAN address in its ICE candidates, and pages get wss://<lan-host>
 
 from __future__ import annotations
 
+import errno
 import io
 import ipaddress
 import logging
@@ -180,8 +181,8 @@ def download_page(lan: LanSettings) -> str:
       Android, iOS, macOS, Windows and Linux).</li>
   <li>Then open the demo page: <a href="{demo}">{demo}</a></li>
 </ol>
-<p>Only install it on your own devices: whoever holds its key (in this project's folder) can
-impersonate any site to a device that trusts it.</p>
+<p>Only install it on your own devices: whoever holds its key (kept on the computer that runs
+this server) can impersonate any site to a device that trusts it.</p>
 </body></html>
 """
 
@@ -209,7 +210,7 @@ class Caddy:
             "XDG_CONFIG_HOME": str(self.lan.ca_dir / "xdg-config"),
             "XDG_DATA_HOME": str(self.lan.ca_dir / "xdg-data"),
         }
-        with open(self.log_path, "ab") as log_file:
+        with open(self.log_path, "wb") as log_file:  # this run's log only
             self.process = subprocess.Popen(
                 [self.binary, "run", "--config", str(config_path), "--adapter", "caddyfile"],
                 stdout=log_file,
@@ -255,18 +256,26 @@ class Caddy:
             self.process.wait()
 
 
-def taken_port(lan: LanSettings) -> int | None:
-    """The first port of the proxy that another process already holds."""
+def check_ports(lan: LanSettings) -> None:
+    """Refuse to start, saying why, when a port of the proxy cannot be had."""
     address = "" if lan.host_is_name else lan.address
+    where = "every interface" if lan.host_is_name else address
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     for port in (CLIENT_HTTPS_PORT, SERVER_HTTPS_PORT, LIVEKIT_HTTPS_PORT, lan.ca_port):
         with socket.socket(family) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Caddy does
             try:
                 probe.bind((address, port))
-            except OSError:
-                return port
-    return None
+            except OSError as error:
+                if error.errno == errno.EADDRNOTAVAIL:
+                    raise SystemExit(
+                        f"LAN_HOST={lan.host} is not an address of this machine: use one of its "
+                        "addresses (`ip addr`), or a name"
+                    ) from None
+                raise SystemExit(
+                    f"Port {port} on {where} is taken by another process (another `make run-lan`, "
+                    "or an OpenVidu local deployment?): stop it first."
+                ) from None
 
 
 def terminal_qr(text: str) -> str:
@@ -328,28 +337,31 @@ def configure_server(lan: LanSettings, configured: Config) -> tuple[str, str | N
     if lan.host_is_name:  # a page's origin whose host is a name must be listed
         own_page = lan.url("https", SERVER_HTTPS_PORT, "")
         os.environ["EVENTS_ALLOWED_ORIGINS"] = ",".join([*configured.events_allowed_origins, own_page])
-    server_host = os.environ["SERVER_HOST"] if not configured.server_host else configured.server_host
+    server_host = configured.server_host or "127.0.0.1"
     if server_host in ("0.0.0.0", "::"):
         server_host = "127.0.0.1"
-    server_upstream = f"{server_host}:{configured.server_port}"
+    server_upstream = _host_port(server_host, configured.server_port)
 
     livekit = urlsplit(configured.livekit_url)
     if livekit.scheme not in ("ws", "http"):
         return server_upstream, None
     os.environ["LIVEKIT_URL"] = lan.url("wss", LIVEKIT_HTTPS_PORT, "")
     livekit_host = livekit.hostname or "127.0.0.1"
-    return (
-        server_upstream,
-        f"{'127.0.0.1' if livekit_host == 'localhost' else livekit_host}:{livekit.port or 80}",
-    )
+    if livekit_host == "localhost":
+        livekit_host = "127.0.0.1"  # what a livekit-server started here binds
+    return server_upstream, _host_port(livekit_host, livekit.port or 80)
 
 
-def start_livekit(lan: LanSettings, config: Config, upstream: str) -> LiveKitServer | None:
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def livekit_to_start(lan: LanSettings, config: Config, upstream: str) -> LiveKitServer | None:
     """A livekit-server advertising the LAN address, when LIVEKIT_URL is on this machine
     and nothing listens there yet (as `make run` does for the default URL)."""
     host, _, port_text = upstream.rpartition(":")
     port = int(port_text)
-    if host not in ("127.0.0.1", "::1"):
+    if host != "127.0.0.1":
         return None
     if is_listening(port):
         log.warning(
@@ -363,7 +375,7 @@ def start_livekit(lan: LanSettings, config: Config, upstream: str) -> LiveKitSer
     if binary is None:
         log.warning("Nothing listens on port %d and %s", port, HOW_TO_GET)
         return None
-    livekit = LiveKitServer(
+    return LiveKitServer(
         binary,
         f"http://127.0.0.1:{config.server_port}/livekit/webhook",
         port=port,
@@ -373,16 +385,7 @@ def start_livekit(lan: LanSettings, config: Config, upstream: str) -> LiveKitSer
         advertise_only_node_ip=True,
         rtc_tcp_port=lan.rtc_tcp_port,
         rtc_udp_port=lan.rtc_udp_port,
-    ).start()
-    log.info(
-        "Started livekit-server on port %d, node IP %s, media on TCP %d and UDP %d; log in %s",
-        port,
-        lan.address,
-        lan.rtc_tcp_port,
-        lan.rtc_udp_port,
-        livekit.log_path,
     )
-    return livekit
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -399,25 +402,32 @@ def main() -> None:
     try:
         lan = lan_settings(_environment())
         configured = Config.from_env()
+        logging.basicConfig(
+            level=configured.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         server_upstream, livekit_upstream = configure_server(lan, configured)
         config = Config.from_env()
     except ConfigError as error:
         raise SystemExit(f"Configuration error: {error}") from None
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if (port := taken_port(lan)) is not None:
-        where = "every interface" if lan.host_is_name else lan.address
-        raise SystemExit(
-            f"Port {port} on {where} is taken by another process (another `make run-lan`, or an "
-            "OpenVidu local deployment?): stop it first."
-        )
+    check_ports(lan)
     if is_listening(config.server_port):
         raise SystemExit(f"Port {config.server_port} (SERVER_PORT) is taken: stop the other server first.")
 
-    livekit = None
+    # Built before they start, so that a signal at any point still stops what did start.
+    livekit = livekit_to_start(lan, config, livekit_upstream) if livekit_upstream else None
     caddy = Caddy(caddy_binary, lan)
+    failure = None
     try:
-        if livekit_upstream is not None:
-            livekit = start_livekit(lan, config, livekit_upstream)
+        if livekit is not None:
+            livekit.start()
+            log.info(
+                "Started livekit-server on port %d, node IP %s, media on TCP %d and UDP %d; log in %s",
+                livekit.port,
+                lan.address,
+                lan.rtc_tcp_port,
+                lan.rtc_udp_port,
+                livekit.log_path,
+            )
         lan.ca_dir.mkdir(parents=True, exist_ok=True)
         first_run = not lan.root_certificate.exists()
         caddy.start(caddyfile(lan, server_upstream, livekit_upstream))
@@ -430,6 +440,8 @@ def main() -> None:
         server.run()
     except KeyboardInterrupt:
         pass
+    except RuntimeError as error:  # livekit-server or Caddy did not start; the message has its log
+        failure = str(error)
     finally:
         # Each stop is bounded (a kill after a wait): a second Ctrl-C must not cut it short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -438,6 +450,8 @@ def main() -> None:
         if livekit is not None:
             livekit.stop()
         log.info("Stopped the proxy%s", " and livekit-server" if livekit is not None else "")
+    if failure is not None:
+        raise SystemExit(failure)
 
 
 if __name__ == "__main__":

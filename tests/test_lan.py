@@ -311,6 +311,11 @@ def test_a_demo_page_over_https_joins_with_camera_and_mic_and_shows_the_webhooks
     wait_for_event(page, "track_published", room, "microphone")
     page.click("#leave-button")
     page.context.close()
+    # LiveKit's standard token endpoint hands out the same LAN URL.
+    status, _, body = lan.fetch(
+        DEMO + "token", data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+    )
+    assert (status, json.loads(body)["server_url"]) == (201, f"wss://{LAN_HOST}:7443")
 
 
 def test_b_the_invite_link_and_its_qr_code_open_the_same_room_prefilled(
@@ -386,7 +391,10 @@ def test_c_openvidu_client_with_empty_urls_gets_its_token_from_6443_and_joins_th
         assert sockets and all(url.startswith(f"wss://{LAN_HOST}:7443/rtc") for url in sockets)
         pages.append(page)
     olga, omar = pages
-    playing = "id => { const v = document.querySelector(`#camera-${id} video`); return Boolean(v && v.videoWidth > 0); }"
+    playing = (
+        "id => { const v = document.querySelector(`#camera-${id} video`);"
+        " return Boolean(v && v.videoWidth > 0); }"
+    )
     wait_until(olga, playing, "omar", WAIT_MS)
     wait_until(omar, playing, "olga", WAIT_MS)
 
@@ -515,6 +523,33 @@ def test_without_caddy_run_lan_says_how_to_get_it_and_starts_nothing(tmp_path: P
     assert "needs Caddy" in result.stderr and "apt-get install caddy" in result.stderr
     assert "make run` works without it" in result.stderr
     assert not (tmp_path / "ca").exists()
+
+
+def test_run_lan_refuses_to_start_saying_why(tmp_path: Path) -> None:
+    require("caddy", shutil.which("caddy") is not None, "install Debian's caddy (`make system-packages`)")
+
+    def run_lan_with(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dev.lan"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_DIR), "LAN_CA_DIR": str(tmp_path / "ca"), **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    # 203.0.113.7 (TEST-NET-3) is no address of this machine: nothing can listen there.
+    refused = run_lan_with(LAN_HOST="203.0.113.7")
+    assert refused.returncode == 1
+    assert "LAN_HOST=203.0.113.7 is not an address of this machine" in refused.stderr
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.29", 5443))
+        holder.listen()
+        refused = run_lan_with(LAN_HOST="127.0.0.29")
+    assert refused.returncode == 1
+    assert "Port 5443 on 127.0.0.29 is taken by another process" in refused.stderr
+    assert not (tmp_path / "ca").exists()  # nothing was started
 
 
 def test_the_server_behind_the_proxy_gets_the_lan_urls_and_trusts_its_headers(
