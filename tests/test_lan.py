@@ -417,6 +417,23 @@ def test_c_openvidu_client_with_empty_urls_gets_its_token_from_6443_and_joins_th
         page.context.close()
 
 
+def test_c2_port_7443_forwards_livekit_paths_only(lan: LanRun) -> None:
+    from livekit.api import AccessToken, VideoGrants
+
+    token = AccessToken("devkey", "secret").with_grants(VideoGrants(room_list=True)).to_jwt()
+    status, headers, body = lan.fetch(
+        f"https://{LAN_HOST}:7443/twirp/livekit.RoomService/ListRooms",
+        data=b"{}",
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    # RoomService answers, as livekit-api calls it (an empty list is `{}` in protobuf JSON).
+    assert (status, headers["Content-Type"]) == (200, "application/json")
+    assert isinstance(json.loads(body).get("rooms", []), list)
+    assert lan.fetch(f"https://{LAN_HOST}:7443/rtc/validate")[0] == 401  # LiveKit's own answer
+    assert lan.fetch(f"https://{LAN_HOST}:7443/")[:3:2] == (404, b"Not a LiveKit path")
+
+
 def _bytes(payload: str | bytes) -> bytes:
     return payload if isinstance(payload, bytes) else payload.encode()
 
