@@ -573,7 +573,8 @@ def test_the_server_behind_the_proxy_gets_the_lan_urls_and_trusts_its_headers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name in ("SERVER_HOST", "TRUST_PROXY_HEADERS", "LIVEKIT_URL", "EVENTS_ALLOWED_ORIGINS"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so what configure_server sets is undone after
+        monkeypatch.delenv(name)
     lan = run_lan.lan_settings({"LAN_HOST": "studio.local", "LAN_CA_DIR": "/tmp/x"})
     server, livekit = run_lan.configure_server(
         lan, Config(server_port=6123, livekit_url="ws://localhost:7999")
