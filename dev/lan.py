@@ -334,9 +334,9 @@ def configure_server(lan: LanSettings, configured: Config) -> tuple[str, str | N
             configured.server_host,
         )
     os.environ["TRUST_PROXY_HEADERS"] = "true"
-    if lan.host_is_name:  # a page's origin whose host is a name must be listed
+    if lan.host_is_name:  # a page served under a name is the server's own only when listed
         own_page = lan.url("https", SERVER_HTTPS_PORT, "")
-        os.environ["EVENTS_ALLOWED_ORIGINS"] = ",".join([*configured.events_allowed_origins, own_page])
+        os.environ["PUBLIC_ORIGINS"] = ",".join([*configured.public_origins, own_page])
     server_host = configured.server_host or "127.0.0.1"
     if server_host in ("0.0.0.0", "::"):
         server_host = "127.0.0.1"

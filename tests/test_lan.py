@@ -572,7 +572,7 @@ def test_run_lan_refuses_to_start_saying_why(tmp_path: Path) -> None:
 def test_the_server_behind_the_proxy_gets_the_lan_urls_and_trusts_its_headers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in ("SERVER_HOST", "TRUST_PROXY_HEADERS", "LIVEKIT_URL", "EVENTS_ALLOWED_ORIGINS"):
+    for name in ("SERVER_HOST", "TRUST_PROXY_HEADERS", "LIVEKIT_URL", "PUBLIC_ORIGINS"):
         monkeypatch.setenv(name, "")  # recorded, so what configure_server sets is undone after
         monkeypatch.delenv(name)
     lan = run_lan.lan_settings({"LAN_HOST": "studio.local", "LAN_CA_DIR": "/tmp/x"})
@@ -583,8 +583,8 @@ def test_the_server_behind_the_proxy_gets_the_lan_urls_and_trusts_its_headers(
     assert os.environ["LIVEKIT_URL"] == "wss://studio.local:7443"
     assert os.environ["TRUST_PROXY_HEADERS"] == "true"
     assert os.environ["SERVER_HOST"] == "127.0.0.1"
-    # A page's origin with a host *name* must be listed for /events.
-    assert os.environ["EVENTS_ALLOWED_ORIGINS"] == "https://studio.local:6443"
+    # A page served under a host *name* must be listed to open /events (DNS rebinding).
+    assert os.environ["PUBLIC_ORIGINS"] == "https://studio.local:6443"
 
     monkeypatch.delenv("LIVEKIT_URL")
     by_address = run_lan.lan_settings({"LAN_HOST": "192.168.1.20"})
