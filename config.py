@@ -25,6 +25,8 @@ class ConfigError(ValueError):
 MAX_TOKEN_TTL = timedelta(hours=24)
 # Fields of the standard token request that TOKEN_CLIENT_FIELDS can let clients set.
 CLIENT_SETTABLE = ("participant_metadata", "participant_attributes", "room_config")
+# What clients may always ask of an agent dispatch in room_config (with `agents` allowed).
+DISPATCH_FIELDS = ("agent_name", "metadata")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Config:
     livekit_api_key: str = DEV_API_KEY
     livekit_api_secret: str = DEV_API_SECRET
     livekit_url: str = "ws://localhost:7880"
+    livekit_webhook_keys: tuple[tuple[str, str], ...] = ()  # more (key, secret) pairs webhooks may use
     cors_allowed_origins: tuple[str, ...] = ("*",)
     token_ttl: timedelta = timedelta(hours=6)
     token_auth_secret: str = ""
@@ -43,6 +46,7 @@ class Config:
     token_client_fields: tuple[str, ...] = CLIENT_SETTABLE
     room_name_pattern: str = ""
     name_max_length: int = 256
+    token_room_config_fields: tuple[str, ...] = ("agents",)
     events_db: str = str(PROJECT_DIR / "data" / "events.sqlite3")
     events_keep: int = 10_000
     events_replay: int = 100
@@ -76,6 +80,7 @@ class Config:
             livekit_api_key=text("LIVEKIT_API_KEY", DEV_API_KEY),
             livekit_api_secret=text("LIVEKIT_API_SECRET", DEV_API_SECRET),
             livekit_url=text("LIVEKIT_URL", "ws://localhost:7880"),
+            livekit_webhook_keys=_key_pairs(values.get("LIVEKIT_WEBHOOK_KEYS", "")),
             cors_allowed_origins=_origins(text("CORS_ALLOWED_ORIGINS", "*")),
             token_ttl=_duration(text("TOKEN_TTL", "6h"), "TOKEN_TTL"),
             token_auth_secret=text("TOKEN_AUTH_SECRET", ""),
@@ -85,6 +90,7 @@ class Config:
             token_client_fields=_fields(text("TOKEN_CLIENT_FIELDS", ",".join(cls.token_client_fields))),
             room_name_pattern=_pattern(text("ROOM_NAME_PATTERN", "")),
             name_max_length=_integer(values, "NAME_MAX_LENGTH", 256, low=1, high=4096),
+            token_room_config_fields=_room_config_fields(text("TOKEN_ROOM_CONFIG_FIELDS", "agents")),
             events_db=text("EVENTS_DB", cls.events_db),
             events_keep=_integer(values, "EVENTS_KEEP", 10_000, low=1),
             events_replay=_integer(values, "EVENTS_REPLAY", 100, low=0),
@@ -103,6 +109,11 @@ class Config:
     def check(self) -> None:
         if self.token_ttl > MAX_TOKEN_TTL:
             raise ConfigError("TOKEN_TTL may be at most 24h: LiveKit clients refresh tokens while connected")
+        for key, secret in self.livekit_webhook_keys:
+            if key == self.livekit_api_key and secret != self.livekit_api_secret:
+                raise ConfigError(
+                    f"LIVEKIT_WEBHOOK_KEYS gives key {key!r} another secret than LIVEKIT_API_SECRET"
+                )
         if self.app_env != "production":
             return
         if self.uses_dev_credentials or len(self.livekit_api_secret) < 32:
@@ -110,6 +121,12 @@ class Config:
                 "APP_ENV=production needs a real API secret: set LIVEKIT_API_KEY and "
                 "LIVEKIT_API_SECRET (32 characters or more) to the keys of your LiveKit server"
             )
+        for key, secret in self.livekit_webhook_keys:
+            if secret == DEV_API_SECRET or len(secret) < 32:
+                raise ConfigError(
+                    f"APP_ENV=production needs real secrets: the secret of {key!r} in "
+                    "LIVEKIT_WEBHOOK_KEYS must be 32 characters or more"
+                )
 
 
 def _integer(
@@ -159,6 +176,42 @@ def _fields(raw: str) -> tuple[str, ...]:
     if unknown:
         raise ConfigError(f"TOKEN_CLIENT_FIELDS may list {', '.join(CLIENT_SETTABLE)}; not {sorted(unknown)}")
     return fields
+
+
+def _room_config_fields(raw: str) -> tuple[str, ...]:
+    """Fields of LiveKit's RoomConfiguration (snake_case), or `agents.<field>` of a dispatch."""
+    from livekit.protocol.agent_dispatch import RoomAgentDispatch
+    from livekit.protocol.room import RoomConfiguration
+
+    known = [field.name for field in RoomConfiguration.DESCRIPTOR.fields]
+    known += [
+        f"agents.{field.name}"
+        for field in RoomAgentDispatch.DESCRIPTOR.fields
+        if field.name not in DISPATCH_FIELDS
+    ]
+    fields = tuple(field.strip() for field in raw.split(",") if field.strip() and field.strip() != "none")
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise ConfigError(f"TOKEN_ROOM_CONFIG_FIELDS may list {', '.join(known)}; not {unknown}")
+    return fields
+
+
+def _key_pairs(raw: str) -> tuple[tuple[str, str], ...]:
+    """`key1: secret1, key2: secret2` (commas or newlines), as livekit-server's `keys` lists them."""
+    pairs: dict[str, str] = {}
+    for number, entry in enumerate(re.split(r"[,\n]", raw), start=1):
+        if not entry.strip():
+            continue
+        key, colon, secret = (part.strip() for part in entry.partition(":"))
+        if not (key and colon and secret):
+            # Never echo the entry: it may hold a secret.
+            raise ConfigError(
+                f"LIVEKIT_WEBHOOK_KEYS must be key:secret pairs separated by commas; entry {number} is not"
+            )
+        if pairs.get(key, secret) != secret:
+            raise ConfigError(f"LIVEKIT_WEBHOOK_KEYS gives key {key!r} two different secrets")
+        pairs[key] = secret
+    return tuple(pairs.items())
 
 
 def _pattern(raw: str) -> str:

@@ -34,7 +34,7 @@ def make_app(config: Config, event_log: EventLog | None = None) -> tornado.web.A
     # PyJWT warns on every signature with a short key; main() warns once instead.
     warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
     event_log = event_log or open_event_log(config)
-    verifier = WebhookVerifier(config.livekit_api_key, config.livekit_api_secret)
+    verifier = WebhookVerifier(config.livekit_api_key, config.livekit_api_secret, config.livekit_webhook_keys)
     webhook = (WebhookHandler, {"event_log": event_log, "verifier": verifier})
     # Tried in order: the busiest endpoint first.
     routes: list[Any] = [

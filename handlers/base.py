@@ -10,6 +10,7 @@ import orjson
 import tornado.web
 
 from config import Config
+from handlers.logsafe import printable
 
 access_log = logging.getLogger("tornado.access")
 
@@ -28,11 +29,11 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         level,
         "%d %s %s (%s) %.2fms%s",
         status,
-        request.method,
-        request.uri,
+        printable(request.method or ""),  # client-controlled: escaped, one line a request
+        printable(request.uri or ""),
         request.remote_ip,
         1000 * request.request_time(),
-        f" {detail}" if detail else "",
+        f" {printable(detail)}" if detail else "",
     )
 
 

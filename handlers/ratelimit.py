@@ -1,7 +1,8 @@
-"""Per-client-IP token buckets for /token."""
+"""Per-client token buckets for /token: one per IPv4 address, one per IPv6 /64."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
@@ -18,8 +19,9 @@ class RateLimiter:
         self.refill_per_second = per_minute / 60.0
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def retry_after(self, client: str) -> int:
+    def retry_after(self, address: str) -> int:
         """0 when the request may go ahead (and is counted), else whole seconds to wait."""
+        client = client_of(address)
         now = time.monotonic()
         tokens, last = self._buckets.pop(client, (self.capacity, now))
         tokens = min(self.capacity, tokens + (now - last) * self.refill_per_second)
@@ -32,3 +34,18 @@ class RateLimiter:
         if len(self._buckets) > MAX_TRACKED_CLIENTS:
             self._buckets.popitem(last=False)
         return wait
+
+
+def client_of(address: str) -> str:
+    """The bucket of a client address. An IPv6 client usually holds a whole /64 (one
+    subscriber's prefix, with privacy addresses rotating inside it), so the /64 is the
+    client; an IPv4-mapped IPv6 address is its IPv4 address."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"

@@ -7,6 +7,7 @@ import hmac
 import re
 import secrets
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,8 +15,9 @@ import orjson
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from livekit.protocol.room import RoomConfiguration
 
-from config import CLIENT_SETTABLE
+from config import CLIENT_SETTABLE, DISPATCH_FIELDS
 from handlers.base import ApiError, BodyHandler, CorsMixin
+from handlers.logsafe import quoted
 from handlers.ratelimit import RateLimiter
 
 
@@ -104,7 +106,7 @@ class TokenHandler(CorsMixin, BodyHandler):
             if body.get(settable) is not None and settable not in self.config.token_client_fields:
                 raise ApiError(403, f"{settable} may not be set by clients here (TOKEN_CLIENT_FIELDS)")
         claims = TokenClaims(
-            room=self.room_name(body, "room_name") or f"room-{secrets.token_hex(4)}",
+            room=self.room_name(body, "room_name") or self.generated_room_name(),
             identity=self.name(body, "participant_identity") or f"user-{secrets.token_hex(4)}",
             name=self.name(body, "participant_name"),
         )
@@ -112,19 +114,21 @@ class TokenHandler(CorsMixin, BodyHandler):
         if metadata is not None:
             if not isinstance(metadata, str):
                 raise ApiError(400, "participant_metadata must be a string")
-            claims.extra["metadata"] = metadata
+            claims.extra["metadata"] = _text(metadata, "participant_metadata")
         attributes = body.get("participant_attributes")
         if attributes is not None:
             claims.extra["attributes"] = _attributes(attributes)
         room_config = body.get("room_config")
         if room_config is not None:
-            claims.extra["roomConfig"] = MessageToDict(_room_config(room_config))
+            parsed = _room_config(room_config)
+            _check_room_config(parsed, self.config.token_room_config_fields)
+            claims.extra["roomConfig"] = MessageToDict(parsed)
         token = self.mint(claims)
         self.write_json({"server_url": self.config.livekit_url, "participant_token": token}, status=201)
 
     def mint(self, claims: TokenClaims) -> str:
         # Logged with the request's access line: who and where, never the token.
-        self.log_detail = f"room={claims.room} identity={claims.identity}"
+        self.log_detail = f"room={quoted(claims.room)} identity={quoted(claims.identity)}"
         config = self.config
         return claims.to_jwt(
             config.livekit_api_key, config.livekit_api_secret, config.token_ttl.total_seconds()
@@ -140,9 +144,20 @@ class TokenHandler(CorsMixin, BodyHandler):
             raise ApiError(422, f"{field} {room!r} is not allowed here (ROOM_NAME_PATTERN)")
         return room
 
-
-# Unicode category Cc. (Lone surrogates, Cs, never get this far: the JSON parser refuses them.)
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+    def generated_room_name(self) -> str:
+        """A random room name; with ROOM_NAME_PATTERN, one of a few shapes that matches it."""
+        suffix = secrets.token_hex(4)
+        pattern = self.config.room_name_pattern
+        if not pattern:
+            return f"room-{suffix}"
+        for room in (f"room-{suffix}", f"room_{suffix}", f"room{suffix}", suffix):
+            if re.fullmatch(pattern, room):
+                return room
+        raise ApiError(
+            422,
+            "room_name is required here: generated names (such as room-1a2b3c4d) "
+            "do not match this server's ROOM_NAME_PATTERN",
+        )
 
 
 def _name(body: dict[str, Any], field: str, max_length: int, required: bool = False) -> str:
@@ -160,8 +175,47 @@ def _name(body: dict[str, Any], field: str, max_length: int, required: bool = Fa
         return ""
     if len(value) > max_length:
         raise ApiError(400, f"{field} must be at most {max_length} characters")
-    if _CONTROL.search(value):
-        raise ApiError(400, f"{field} must not contain control characters")
+    return _identifier(value, field)
+
+
+# Names and keys: no control characters (Cc), no invisible format characters such as the
+# bidi overrides (Cf), no line or paragraph separators (Zl, Zp). They forge log lines,
+# make one name look like another, or reverse what a reader sees on the page. The two
+# joiners stay: emoji sequences and Persian or Indic names need them.
+_REFUSED_IN_NAMES = frozenset(("Cc", "Cf", "Zl", "Zp"))
+# Free text (metadata, attribute values) may also hold tabs and line breaks.
+_REFUSED_IN_TEXT = frozenset(("Cc", "Cf"))
+_ALLOWED = frozenset("\u200c\u200d")  # zero-width non-joiner and joiner
+_TEXT_ALLOWED = _ALLOWED | frozenset("\t\n\r")
+
+
+def _refused_character(value: str, categories: frozenset[str], allowed: frozenset[str]) -> str | None:
+    if value.isprintable():  # the usual case: every refused category is non-printable
+        return None
+    for char in value:
+        if char not in allowed and unicodedata.category(char) in categories:
+            return char
+    return None
+
+
+def _identifier(value: str, field: str) -> str:
+    char = _refused_character(value, _REFUSED_IN_NAMES, _ALLOWED)
+    if char is not None:
+        raise ApiError(
+            400,
+            f"{field} must not contain control characters or invisible format characters (U+{ord(char):04X})",
+        )
+    return value
+
+
+def _text(value: str, field: str) -> str:
+    char = _refused_character(value, _REFUSED_IN_TEXT, _TEXT_ALLOWED)
+    if char is not None:
+        raise ApiError(
+            400,
+            f"{field} must not contain control characters other than tab and line breaks, "
+            f"or invisible format characters (U+{ord(char):04X})",
+        )
     return value
 
 
@@ -170,7 +224,32 @@ def _attributes(value: Any) -> dict[str, str]:
         isinstance(key, str) and isinstance(item, str) for key, item in value.items()
     ):
         raise ApiError(400, "participant_attributes must be an object of string values")
+    for key, item in value.items():
+        _identifier(key, "participant_attributes keys")
+        _text(item, f"participant_attributes[{key!r}]")
     return value
+
+
+def _check_room_config(room_config: RoomConfiguration, allowed: tuple[str, ...]) -> None:
+    """Only what TOKEN_ROOM_CONFIG_FIELDS allows reaches the token: by default an agent
+    dispatch (its name and metadata). Egress, limits and timeouts are the operator's."""
+    for descriptor, value in room_config.ListFields():
+        if descriptor.name not in allowed:
+            raise ApiError(
+                403,
+                f"room_config.{descriptor.name} may not be set by clients here (TOKEN_ROOM_CONFIG_FIELDS)",
+            )
+        if descriptor.name != "agents":
+            continue
+        for dispatch in value:
+            for dispatch_field, _ in dispatch.ListFields():
+                name = f"agents.{dispatch_field.name}"
+                if dispatch_field.name not in DISPATCH_FIELDS and name not in allowed:
+                    raise ApiError(
+                        403, f"room_config.{name} may not be set by clients here (TOKEN_ROOM_CONFIG_FIELDS)"
+                    )
+            _identifier(dispatch.agent_name, "room_config.agents.agent_name")
+            _text(dispatch.metadata, "room_config.agents.metadata")
 
 
 def _room_config(value: Any) -> RoomConfiguration:

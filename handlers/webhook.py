@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import time
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from livekit.api import TokenVerifier
 
 from eventlog import EventLog, StoreUnavailable
 from handlers.base import ApiError, StreamedBodyHandler
+from handlers.logsafe import quoted
 
 # LiveKit signs each webhook with a 5-minute token; this much clock skew is tolerated.
 WEBHOOK_LEEWAY = timedelta(seconds=60)
@@ -23,17 +25,32 @@ WEBHOOK_LEEWAY = timedelta(seconds=60)
 class WebhookVerifier:
     """What livekit-api's WebhookReceiver checks, on the raw bytes of the body and
     with a constant-time comparison of the hash (WebhookReceiver takes a str and
-    compares with `!=`). The JWT itself is checked by livekit-api's TokenVerifier."""
+    compares with `!=`). The JWT itself is checked by livekit-api's TokenVerifier,
+    with the secret of the key it names as issuer (`iss`): several keys may sign
+    (LIVEKIT_WEBHOOK_KEYS), so a LiveKit server's key can be rotated."""
 
-    def __init__(self, api_key: str, api_secret: str) -> None:
-        self._verifier = TokenVerifier(api_key, api_secret, leeway=WEBHOOK_LEEWAY)
+    def __init__(self, api_key: str, api_secret: str, more_keys: Iterable[tuple[str, str]] = ()) -> None:
+        self._verifiers = {
+            key: TokenVerifier(key, secret, leeway=WEBHOOK_LEEWAY)
+            for key, secret in [(api_key, api_secret), *more_keys]
+        }
+        self._only = self._verifiers[api_key] if len(self._verifiers) == 1 else None
+
+    def _verifier_for(self, token: str) -> TokenVerifier:
+        if self._only is not None:
+            return self._only  # its issuer check refuses any other key
+        issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        verifier = self._verifiers.get(issuer) if isinstance(issuer, str) else None
+        if verifier is None:
+            raise jwt.InvalidIssuerError("not one of this server's API keys")
+        return verifier
 
     def verify(self, body: bytes, authorization: str) -> None:
         token = authorization.removeprefix("Bearer ").strip()
         if not token:
             raise ApiError(401, "Missing Authorization header with the webhook's signed token")
         try:
-            claims = self._verifier.verify(token)
+            claims = self._verifier_for(token).verify(token)
             claimed = base64.b64decode(claims.sha256 or "", validate=True)
         except (jwt.PyJWTError, ValueError, TypeError, AttributeError):
             # TypeError/AttributeError: a signed token whose grants have the wrong shape.
@@ -54,13 +71,15 @@ class WebhookHandler(StreamedBodyHandler):
         body = self.raw_body
         self.verifier.verify(body, self.request.headers.get("Authorization", ""))
         event = _webhook_event(body)
+        redact_credentials(event)
         event_json = orjson.dumps(event).decode()
         try:
             frame = await self.event_log.append(event["id"], int(time.time() * 1000), event_json)
         except StoreUnavailable:
             # LiveKit retries a 5xx: nothing was acknowledged, nothing was broadcast.
             raise ApiError(503, "The event store is unavailable; retry later") from None
-        self.log_detail = f"{event['event']} {event['id']} room={event.get('room', {}).get('name', '')}"
+        room_name = str(event.get("room", {}).get("name", ""))
+        self.log_detail = f"{quoted(event['event'])} {quoted(event['id'])} room={quoted(room_name)}"
         if frame is None:
             self.log_detail += " duplicate, not stored again"
             self.write_json({"status": "duplicate"})
@@ -86,3 +105,41 @@ def _webhook_event(body: bytes) -> dict[str, Any]:
     if not isinstance(room, dict):
         raise ApiError(400, "Webhook body is not a webhook event ('room' is not an object)")
     return event
+
+
+# Credentials that LiveKit's webhook messages can carry (livekit-protocol's WebhookEvent and
+# what it nests: Room, IngressInfo, EgressInfo with its upload and proxy settings): never
+# stored, never streamed. Both JSON spellings, protobuf's camelCase and the proto names.
+CREDENTIAL_FIELDS = frozenset(
+    (
+        "turnPassword",  # Room: the room's TURN credential
+        "streamKey",  # IngressInfo: whoever has it can publish into the room
+        "secret",  # S3Upload, AliOSSUpload
+        "accessKey",  # S3Upload, AliOSSUpload
+        "sessionToken",  # S3Upload
+        "assumeRoleExternalId",  # S3Upload
+        "credentials",  # GCPUpload: a service account's JSON key
+        "accountKey",  # AzureBlobUpload
+        "password",  # ProxyConfig
+        "signingKey",  # WebhookConfig of an egress request
+    )
+)
+CREDENTIAL_FIELDS |= frozenset(
+    "".join(f"_{char.lower()}" if char.isupper() else char for char in name) for name in CREDENTIAL_FIELDS
+)
+# Maps of the user's own data (participant attributes, upload metadata): kept as they are.
+_USER_MAPS = frozenset(("attributes", "metadata"))
+
+
+def redact_credentials(value: Any) -> None:
+    """Remove every credential field from the event, at any depth, in place."""
+    if isinstance(value, dict):
+        for name in CREDENTIAL_FIELDS.intersection(value):
+            del value[name]
+        for name, item in value.items():
+            if isinstance(item, dict | list) and name not in _USER_MAPS:
+                redact_credentials(item)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict | list):
+                redact_credentials(item)
