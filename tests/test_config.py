@@ -53,6 +53,12 @@ def test_process_environment_wins_over_the_env_file(tmp_path: Path) -> None:
         ("TRUST_PROXY_HEADERS", "maybe", "TRUST_PROXY_HEADERS must be true or false"),
         ("TOKEN_CLIENT_FIELDS", "video", "TOKEN_CLIENT_FIELDS may list"),
         ("ROOM_NAME_PATTERN", "([", "ROOM_NAME_PATTERN is not a valid regular expression"),
+        ("TOKEN_ROOM_CONFIG_FIELDS", "agents,egres", "TOKEN_ROOM_CONFIG_FIELDS may list name, empty_timeout"),
+        ("TOKEN_ROOM_CONFIG_FIELDS", "agents.agent_name", "agents.attributes; not"),
+        ("LIVEKIT_WEBHOOK_KEYS", "APIold", "LIVEKIT_WEBHOOK_KEYS must be key:secret pairs"),
+        ("LIVEKIT_WEBHOOK_KEYS", "a:s1, b:", "entry 2 is not"),
+        ("LIVEKIT_WEBHOOK_KEYS", "a:s1,a:s2", "gives key 'a' two different secrets"),
+        ("LIVEKIT_WEBHOOK_KEYS", "devkey:other", "another secret than LIVEKIT_API_SECRET"),
     ],
 )
 def test_bad_values_say_what_to_fix(variable: str, value: str, message: str) -> None:
@@ -73,3 +79,29 @@ def test_production_needs_a_real_secret() -> None:
 
 def test_token_client_fields_none_allows_none() -> None:
     assert Config.from_env({"TOKEN_CLIENT_FIELDS": "none"}, env_file=None).token_client_fields == ()
+
+
+def test_webhook_keys_as_livekit_server_lists_them() -> None:
+    config = Config.from_env({"LIVEKIT_WEBHOOK_KEYS": "APIold: s3cr:et1,\nAPInew:secret2\n"}, env_file=None)
+    assert config.livekit_webhook_keys == (("APIold", "s3cr:et1"), ("APInew", "secret2"))
+    assert Config.from_env({}, env_file=None).livekit_webhook_keys == ()
+
+
+def test_a_malformed_key_pair_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as refused:
+        Config.from_env({"LIVEKIT_WEBHOOK_KEYS": "APIkey=hunter2-secret"}, env_file=None)
+    assert "hunter2" not in str(refused.value)
+
+
+def test_production_needs_real_webhook_secrets() -> None:
+    real = {"APP_ENV": "production", "LIVEKIT_API_KEY": "APIa", "LIVEKIT_API_SECRET": "a" * 32}
+    with pytest.raises(ConfigError, match="'APIb' in LIVEKIT_WEBHOOK_KEYS must be 32 characters"):
+        Config.from_env({**real, "LIVEKIT_WEBHOOK_KEYS": "APIb: short"}, env_file=None)
+    assert Config.from_env({**real, "LIVEKIT_WEBHOOK_KEYS": f"APIb: {'b' * 32}"}, env_file=None).app_env
+
+
+def test_room_config_fields() -> None:
+    assert Config.from_env({}, env_file=None).token_room_config_fields == ("agents",)
+    assert Config.from_env({"TOKEN_ROOM_CONFIG_FIELDS": "none"}, env_file=None).token_room_config_fields == ()
+    fields = Config.from_env({"TOKEN_ROOM_CONFIG_FIELDS": "agents, egress, agents.deployment"}, env_file=None)
+    assert fields.token_room_config_fields == ("agents", "egress", "agents.deployment")

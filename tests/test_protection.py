@@ -19,6 +19,7 @@ from tornado.websocket import websocket_connect
 
 from config import PROJECT_DIR
 from tests.conftest import post_webhook, webhook_event
+from tests.processes import ServerProcess
 
 OPENVIDU_BODY = json.dumps({"roomName": "R", "participantName": "alice"})
 
@@ -210,3 +211,133 @@ def test_sigint_stops_cleanly(server_process: Any) -> None:
     assert "Stopped" in server.log_text()
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", server.port)) != 0
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class IPv6ServerProcess(ServerProcess):
+    @property
+    def url(self) -> str:
+        return f"http://[::1]:{self.port}"
+
+
+def token_status(url: str, client_address: str | None = None) -> int:
+    import urllib.error
+    import urllib.request
+
+    headers = {
+        "Content-Type": "application/json",
+        **({"X-Real-Ip": client_address} if client_address else {}),
+    }
+    request = urllib.request.Request(url + "/token", data=OPENVIDU_BODY.encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_an_ipv6_client_cannot_rotate_addresses_within_its_64(tmp_path: Any) -> None:
+    """A real server on ::1 (127.0.0.1 on machines without IPv6 loopback), behind a
+    trusted proxy that passes the client address as the LiveKit docs' nginx example does."""
+    env = {"TOKEN_RATE_LIMIT": "3", "TRUST_PROXY_HEADERS": "true"}
+    server = (
+        IPv6ServerProcess(tmp_path, SERVER_HOST="::1", **env)
+        if ipv6_loopback()
+        else ServerProcess(tmp_path, **env)
+    )
+    server.start()
+    try:
+        rotating = [token_status(server.url, f"2001:db8:aa:bb::{n:x}") for n in range(1, 6)]
+        assert rotating == [200, 200, 200, 429, 429]
+        assert token_status(server.url, "2001:db8:aa:bb:ffff:ffff:ffff:ffff") == 429  # still that /64
+        assert token_status(server.url, "2001:db8:aa:bc::1") == 200  # the next /64 is another client
+        # An IPv4 client seen through an IPv6 socket is that IPv4 client.
+        assert [token_status(server.url, "::ffff:198.51.100.7") for _ in range(3)] == [200] * 3
+        assert token_status(server.url, "198.51.100.7") == 429
+        # Without the proxy's header, the connection's own address (::1) is the client.
+        assert [token_status(server.url) for _ in range(4)] == [200, 200, 200, 429]
+    finally:
+        server.stop()
+
+
+def test_rate_limiter_buckets_by_address_family() -> None:
+    from handlers.ratelimit import RateLimiter, client_of
+
+    assert client_of("203.0.113.9") == "203.0.113.9"
+    assert client_of("2001:db8:1:2:a:b:c:d") == client_of("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert client_of("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert client_of("::ffff:203.0.113.9") == "203.0.113.9"
+    assert client_of("fe80::1%eth0") == "fe80::/64"
+    limiter = RateLimiter(2)
+    assert [limiter.retry_after(f"2001:db8::{n}") for n in range(1, 4)][:2] == [0, 0]
+    assert limiter.retry_after("2001:db8::ffff") > 0
+    assert limiter.retry_after("2001:db8:0:1::1") == 0
+
+
+def test_client_input_cannot_split_or_forge_log_lines(server_process: Any) -> None:
+    import re
+    import urllib.error
+    import urllib.request
+
+    server = server_process()
+
+    def token(marker: int, body: dict[str, Any]) -> int:
+        request = urllib.request.Request(
+            f"{server.url}/token?m={marker}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+
+    def raw(marker: int, target: bytes) -> int:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+            connection.sendall(
+                b"GET /x?m=%d&%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % (marker, target)
+            )
+            return int(connection.recv(64).split(b" ")[1])
+
+    forged = "2030-01-01 00:00:00,000 INFO server: FORGED"
+    statuses = {
+        1: token(1, {"roomName": f"R\u2028{forged}", "participantName": "a"}),
+        2: token(2, {"room_name": f"x\u2029{forged}"}),
+        3: token(3, {"participant_identity": f"x\x85{forged}"}),
+        4: token(4, {"room_name": "a identity=admin", "participant_identity": "b\u202eFORGED"}),
+        5: token(5, {"room_name": "a identity=admin", "participant_identity": "b"}),
+        6: post_webhook(
+            server.url,
+            {**webhook_event(room=f"evil\n{forged}"), "id": f"EV_x\u2028{forged}"},
+            path="/livekit/webhook?m=6",
+        ),
+        7: post_webhook(
+            server.url, webhook_event(f"room_started\r\x1b[2K{forged}"), path="/livekit/webhook?m=7"
+        ),
+        8: raw(8, b"\x85" + forged.replace(" ", "_").encode()),
+    }
+    server.stop()
+    log = server.log_text()
+    lines = log.splitlines()  # also splits at \r, \x85, \u2028, \u2029 and the other line boundaries
+    prefix = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
+    assert [line for line in lines if not prefix.match(line)] == []
+    for marker, status in statuses.items():
+        mentions = [line for line in lines if f"?m={marker}" in line]
+        assert len(mentions) == 1, mentions  # one request, one line
+        assert f" tornado.access: {status} " in mentions[0]
+    assert [line for line in lines if "FORGED" in line and "?m=" not in line] == []
+    assert not set(log) & {"\r", "\x1b", "\x85", "\u2028", "\u2029", "\u202e"}
+    # Values are quoted where they would read as more than one field.
+    assert 'room="a identity=admin" identity=b' in log
+    assert r'room="evil\n2030-01-01' in log
+    # Names that would hide a line break or reverse the text are refused, not logged.
+    assert statuses == {1: 400, 2: 400, 3: 400, 4: 400, 5: 201, 6: 200, 7: 200, 8: 404}

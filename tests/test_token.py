@@ -264,3 +264,165 @@ def test_hand_signed_tokens_are_what_pyjwt_signs() -> None:
     assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
     options = {"verify_exp": False, "verify_nbf": False}
     assert jwt.decode(token, API_SECRET, algorithms=["HS256"], options=options) == unicode_claims
+
+
+PRIVILEGED_ROOM_CONFIG = [
+    ({"egress": {"room": {"room_name": "R"}}}, "room_config.egress"),
+    ({"max_participants": 500}, "room_config.max_participants"),
+    ({"maxParticipants": 500}, "room_config.max_participants"),
+    ({"empty_timeout": 86400}, "room_config.empty_timeout"),
+    ({"departure_timeout": 3600}, "room_config.departure_timeout"),
+    ({"metadata": "vip"}, "room_config.metadata"),
+    ({"agents": [{"agent_name": "helper", "deployment": "canary"}]}, "room_config.agents.deployment"),
+    ({"agents": [{"agent_name": "a"}], "min_playout_delay": 1}, "room_config.min_playout_delay"),
+]
+
+
+@pytest.mark.parametrize(("room_config", "named"), PRIVILEGED_ROOM_CONFIG)
+@pytest.mark.gen_test
+async def test_clients_may_only_ask_for_agent_dispatch_by_default(
+    http_client: Any, base_url: str, room_config: dict[str, Any], named: str
+) -> None:
+    response = await post_token(http_client, base_url, {"room_name": "R", "room_config": room_config})
+    assert response.code == 403
+    message = json.loads(response.body)["errorMessage"]
+    assert message.startswith(f"{named} may not be set") and "TOKEN_ROOM_CONFIG_FIELDS" in message
+    # What clients may ask for by default: an agent dispatch, its name and metadata.
+    dispatch = {"agents": [{"agent_name": "helper", "metadata": '{"lang":"en"}'}]}
+    allowed = await post_token(http_client, base_url, {"room_name": "R", "room_config": dispatch})
+    assert allowed.code == 201
+
+
+@pytest.mark.settings(token_room_config_fields=("agents", "max_participants", "agents.deployment"))
+@pytest.mark.gen_test
+async def test_operator_allows_more_of_room_config(http_client: Any, base_url: str) -> None:
+    room_config = {"max_participants": 3, "agents": [{"agent_name": "helper", "deployment": "canary"}]}
+    response = await post_token(http_client, base_url, {"room_name": "R", "room_config": room_config})
+    assert response.code == 201
+    claims = claims_of(json.loads(response.body)["participant_token"])
+    assert claims.room_config.max_participants == 3
+    assert claims.room_config.agents[0].deployment == "canary"
+    egress = await post_token(http_client, base_url, {"room_config": {"egress": {"room": {}}}})
+    assert egress.code == 403 and "room_config.egress" in json.loads(egress.body)["errorMessage"]
+
+
+@pytest.mark.settings(token_room_config_fields=())
+@pytest.mark.gen_test
+async def test_room_config_fields_none_refuses_even_agents(http_client: Any, base_url: str) -> None:
+    response = await post_token(http_client, base_url, {"room_config": {"agents": [{"agent_name": "a"}]}})
+    assert response.code == 403 and "room_config.agents" in json.loads(response.body)["errorMessage"]
+
+
+@pytest.mark.parametrize("pattern", [r"[a-z0-9]+", r"room-[0-9a-f]{8}", r"[a-z]+_[0-9a-f]+", r"[0-9a-f]{8}"])
+@pytest.mark.gen_test
+async def test_generated_room_names_obey_room_name_pattern(
+    http_client: Any, base_url: str, app: Any, pattern: str
+) -> None:
+    import re
+    from dataclasses import replace
+
+    app.settings["config"] = replace(app.settings["config"], room_name_pattern=pattern)
+    for _ in range(5):
+        response = await post_token(http_client, base_url, {"participant_identity": "a"})
+        assert response.code == 201
+        room = claims_of(json.loads(response.body)["participant_token"]).video.room
+        assert re.fullmatch(pattern, room), room
+
+
+@pytest.mark.settings(room_name_pattern=r"team-[a-z]+")
+@pytest.mark.gen_test
+async def test_a_pattern_no_generated_name_meets_asks_for_a_room_name(
+    http_client: Any, base_url: str
+) -> None:
+    response = await post_token(http_client, base_url, {})
+    assert response.code == 422
+    message = json.loads(response.body)["errorMessage"]
+    assert "room_name is required" in message and "ROOM_NAME_PATTERN" in message
+    named = await post_token(http_client, base_url, {"room_name": "team-blue"})
+    assert named.code == 201
+
+
+# Line and paragraph separators, bidi overrides and isolates, invisible characters, a tag
+# character, the soft hyphen, the byte order mark: none may be part of a name.
+HIDDEN = ["\u2028", "\u2029", "\u202e", "\u202a", "\u2066", "\u200e", "\u061c", "\u200b", "\u2060"]
+HIDDEN += ["\ufeff", "\U000e0041", "\xad", "\x85", "\x1b", "\x00", "\x7f"]
+NAME_FIELDS = [
+    ("roomName", {"participantName": "alice"}),
+    ("participantName", {"roomName": "R"}),
+    ("room_name", {}),
+    ("participant_identity", {}),
+    ("participant_name", {}),
+]
+
+
+@pytest.mark.parametrize("char", HIDDEN, ids=[f"U+{ord(char):04X}" for char in HIDDEN])
+@pytest.mark.parametrize(("field", "others"), NAME_FIELDS, ids=[field for field, _ in NAME_FIELDS])
+@pytest.mark.gen_test
+async def test_names_refuse_control_format_and_separator_characters(
+    http_client: Any, base_url: str, field: str, others: dict[str, str], char: str
+) -> None:
+    response = await post_token(http_client, base_url, {**others, field: f"ali{char}ce"})
+    assert response.code == 400
+    message = json.loads(response.body)["errorMessage"]
+    assert message.startswith(f"{field} must not contain control characters")
+    assert f"U+{ord(char):04X}" in message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Réunion 会议",
+        "family \U0001f468\u200d\U0001f469\u200d\U0001f467",  # an emoji sequence joined by ZWJ
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian, with a zero-width non-joiner
+        "Ada\u00a0Lovelace",  # no-break space
+        'a b=c "d" \\e',
+    ],
+)
+@pytest.mark.gen_test
+async def test_real_names_still_pass(http_client: Any, base_url: str, name: str) -> None:
+    response = await post_token(http_client, base_url, {"roomName": name, "participantName": name})
+    assert response.code == 200
+    claims = claims_of(json.loads(response.body)["token"])
+    assert (claims.video.room, claims.identity) == (name, name)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"participant_attributes": {"role": "\x1b[31madmin"}}, "participant_attributes['role']"),
+        ({"participant_attributes": {"role": "a\x00b"}}, "participant_attributes['role']"),
+        ({"participant_attributes": {"role": "\u202eadmin"}}, "participant_attributes['role']"),
+        ({"participant_attributes": {"ro\x00le": "x"}}, "participant_attributes keys"),
+        ({"participant_attributes": {"ro\nle": "x"}}, "participant_attributes keys"),
+        ({"participant_attributes": {"ro\u2028le": "x"}}, "participant_attributes keys"),
+        ({"participant_metadata": '{"a":"\x00"}'}, "participant_metadata"),
+        ({"participant_metadata": "\x1b]0;title\x07"}, "participant_metadata"),
+        ({"room_config": {"agents": [{"agent_name": "help\u2028er"}]}}, "room_config.agents.agent_name"),
+        (
+            {"room_config": {"agents": [{"agent_name": "a", "metadata": "\x1b[2J"}]}},
+            "room_config.agents.metadata",
+        ),
+    ],
+)
+@pytest.mark.gen_test
+async def test_attributes_and_metadata_refuse_nul_escape_and_bidi(
+    http_client: Any, base_url: str, body: dict[str, Any], field: str
+) -> None:
+    response = await post_token(http_client, base_url, body)
+    assert response.code == 400
+    assert json.loads(response.body)["errorMessage"].startswith(
+        f"{field} must not contain control characters"
+    )
+
+
+@pytest.mark.gen_test
+async def test_free_text_may_span_lines(http_client: Any, base_url: str) -> None:
+    body = {
+        "participant_metadata": '{\n\t"role": "agent"\r\n}',
+        "participant_attributes": {"bio": "line one\nline two\ttabbed", "emoji": "\U0001f44d\U0001f3fd"},
+    }
+    response = await post_token(http_client, base_url, body)
+    assert response.code == 201
+    claims = claims_of(json.loads(response.body)["participant_token"])
+    assert claims.metadata == body["participant_metadata"]
+    assert claims.attributes == body["participant_attributes"]
