@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
 import math
+import socket
 import time
 from collections import OrderedDict
 
@@ -43,9 +43,12 @@ def client_of(address: str) -> str:
     if ":" not in address:
         return address
     try:
-        ip = ipaddress.IPv6Address(address)
-    except ValueError:
+        packed = socket.inet_pton(socket.AF_INET6, address.partition("%")[0])  # no zone index
+    except OSError:
         return address
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
+    if packed.startswith(_IPV4_MAPPED):
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
+
+
+_IPV4_MAPPED = bytes(10) + b"\xff\xff"

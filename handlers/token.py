@@ -226,7 +226,8 @@ def _attributes(value: Any) -> dict[str, str]:
         raise ApiError(400, "participant_attributes must be an object of string values")
     for key, item in value.items():
         _identifier(key, "participant_attributes keys")
-        _text(item, f"participant_attributes[{key!r}]")
+        if not item.isprintable():  # named only when it is needed: this runs for every attribute
+            _text(item, f"participant_attributes[{key!r}]")
     return value
 
 
@@ -235,21 +236,20 @@ def _check_room_config(room_config: RoomConfiguration, allowed: tuple[str, ...])
     dispatch (its name and metadata). Egress, limits and timeouts are the operator's."""
     for descriptor, value in room_config.ListFields():
         if descriptor.name not in allowed:
-            raise ApiError(
-                403,
-                f"room_config.{descriptor.name} may not be set by clients here (TOKEN_ROOM_CONFIG_FIELDS)",
-            )
+            raise _not_settable(descriptor.name)
         if descriptor.name != "agents":
             continue
         for dispatch in value:
             for dispatch_field, _ in dispatch.ListFields():
-                name = f"agents.{dispatch_field.name}"
-                if dispatch_field.name not in DISPATCH_FIELDS and name not in allowed:
-                    raise ApiError(
-                        403, f"room_config.{name} may not be set by clients here (TOKEN_ROOM_CONFIG_FIELDS)"
-                    )
+                name = dispatch_field.name
+                if name not in DISPATCH_FIELDS and f"agents.{name}" not in allowed:
+                    raise _not_settable(f"agents.{name}")
             _identifier(dispatch.agent_name, "room_config.agents.agent_name")
             _text(dispatch.metadata, "room_config.agents.metadata")
+
+
+def _not_settable(name: str) -> ApiError:
+    return ApiError(403, f"room_config.{name} may not be set by clients here (TOKEN_ROOM_CONFIG_FIELDS)")
 
 
 def _room_config(value: Any) -> RoomConfiguration:
