@@ -134,12 +134,13 @@ _USER_MAPS = frozenset(("attributes", "metadata"))
 def redact_credentials(value: Any) -> None:
     """Remove every credential field from the event, at any depth, in place."""
     if isinstance(value, dict):
-        for name in CREDENTIAL_FIELDS.intersection(value):
-            del value[name]
+        if not CREDENTIAL_FIELDS.isdisjoint(value):
+            for name in CREDENTIAL_FIELDS.intersection(value):
+                del value[name]
         for name, item in value.items():
-            if isinstance(item, dict | list) and name not in _USER_MAPS:
+            if isinstance(item, (dict, list)) and name not in _USER_MAPS:
                 redact_credentials(item)
     elif isinstance(value, list):
         for item in value:
-            if isinstance(item, dict | list):
+            if isinstance(item, (dict, list)):
                 redact_credentials(item)
