@@ -72,7 +72,10 @@ class WebhookHandler(StreamedBodyHandler):
         self.verifier.verify(body, self.request.headers.get("Authorization", ""))
         event = _webhook_event(body)
         redact_credentials(event)
-        event_json = orjson.dumps(event).decode()
+        try:
+            event_json = orjson.dumps(event).decode()
+        except TypeError:  # orjson writes at most 254 levels of nesting; LiveKit's events have a few
+            raise ApiError(400, "Webhook body is not a webhook event (nested too deeply)") from None
         try:
             frame = await self.event_log.append(event["id"], int(time.time() * 1000), event_json)
         except StoreUnavailable:
@@ -131,16 +134,20 @@ CREDENTIAL_FIELDS |= frozenset(
 _USER_MAPS = frozenset(("attributes", "metadata"))
 
 
-def redact_credentials(value: Any) -> None:
-    """Remove every credential field from the event, at any depth, in place."""
-    if isinstance(value, dict):
+def redact_credentials(event: dict[str, Any]) -> None:
+    """Remove every credential field from the event, at any depth, in place. (A loop,
+    not recursion: a signed body may nest deeper than Python's recursion limit.)"""
+    pending: list[Any] = [event]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, (dict, list)):
+                    pending.append(item)
+            continue
         if not CREDENTIAL_FIELDS.isdisjoint(value):
             for name in CREDENTIAL_FIELDS.intersection(value):
                 del value[name]
         for name, item in value.items():
             if isinstance(item, (dict, list)) and name not in _USER_MAPS:
-                redact_credentials(item)
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, (dict, list)):
-                redact_credentials(item)
+                pending.append(item)

@@ -82,6 +82,11 @@ REFUSED = {
     "signed object without event": (lambda: webhook_request(b'{"id": "EV_1"}'), 400, "'event'"),
     "signed event without id": (lambda: webhook_request(b'{"event": "room_started"}'), 400, "'id'"),
     "signed NaN": (lambda: webhook_request(b'{"event": "x", "id": "EV_2", "n": NaN}'), 400, "not valid JSON"),
+    "signed, nested 300 deep": (
+        lambda: webhook_request(b'{"event": "x", "id": "EV_3", "n": ' + b"[" * 300 + b"]" * 300 + b"}"),
+        400,
+        "nested too deeply",
+    ),
 }
 
 
