@@ -232,10 +232,9 @@ def token_status(url: str, client_address: str | None = None) -> int:
     import urllib.error
     import urllib.request
 
-    headers = {
-        "Content-Type": "application/json",
-        **({"X-Real-Ip": client_address} if client_address else {}),
-    }
+    # Both headers a proxy may set (nginx's examples set X-Real-IP, others X-Forwarded-For).
+    proxied = {"X-Real-Ip": client_address, "X-Forwarded-For": client_address} if client_address else {}
+    headers = {"Content-Type": "application/json", **proxied}
     request = urllib.request.Request(url + "/token", data=OPENVIDU_BODY.encode(), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
