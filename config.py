@@ -27,6 +27,8 @@ MAX_TOKEN_TTL = timedelta(hours=24)
 CLIENT_SETTABLE = ("participant_metadata", "participant_attributes", "room_config")
 # What clients may always ask of an agent dispatch in room_config (with `agents` allowed).
 DISPATCH_FIELDS = ("agent_name", "metadata")
+# What /token does when the identity asked for is in the room already (rooms/admission.py).
+IDENTITY_CONFLICTS = ("replace", "reject", "suffix")
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,21 @@ class Config:
     app_env: str = "development"
     event_loop: str = "uvloop"
     log_level: str = "INFO"
+    # Rooms and moderation: the server-side LiveKit URL, the admin API, identity collisions.
+    livekit_api_url: str = ""  # empty: LIVEKIT_URL with http(s) for ws(s)
+    admin_secret: str = ""  # empty: the admin API is off, but for the demo page in development
+    identity_conflict: str = "replace"
+    rooms_reconcile_seconds: int = 30
 
     @property
     def uses_dev_credentials(self) -> bool:
         return self.livekit_api_secret == DEV_API_SECRET
+
+    @property
+    def livekit_http_url(self) -> str:
+        """Where this server calls LiveKit's API (RoomService...): LIVEKIT_API_URL, else LIVEKIT_URL."""
+        url = self.livekit_api_url or self.livekit_url
+        return re.sub(r"^ws(s?)://", r"http\1://", url, flags=re.IGNORECASE)
 
     @classmethod
     def from_env(
@@ -102,6 +115,12 @@ class Config:
                 text("LOG_LEVEL", "INFO").upper(), "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
             event_loop=_choice(text("EVENT_LOOP", "uvloop").lower(), "EVENT_LOOP", ("uvloop", "asyncio")),
+            livekit_api_url=_url(text("LIVEKIT_API_URL", ""), "LIVEKIT_API_URL"),
+            admin_secret=text("ADMIN_SECRET", ""),
+            identity_conflict=_choice(
+                text("IDENTITY_CONFLICT", "replace").lower(), "IDENTITY_CONFLICT", IDENTITY_CONFLICTS
+            ),
+            rooms_reconcile_seconds=_integer(values, "ROOMS_RECONCILE_SECONDS", 30, low=1, high=86_400),
         )
         config.check()
         return config
@@ -116,6 +135,11 @@ class Config:
                 )
         if self.app_env != "production":
             return
+        if self.admin_secret and len(self.admin_secret) < 32:
+            raise ConfigError(
+                "APP_ENV=production needs an ADMIN_SECRET of 32 characters or more "
+                "(or none: the admin API is then off)"
+            )
         if self.uses_dev_credentials or len(self.livekit_api_secret) < 32:
             raise ConfigError(
                 "APP_ENV=production needs a real API secret: set LIVEKIT_API_KEY and "
@@ -235,3 +259,7 @@ def _public_origins(raw: str) -> tuple[str, ...]:
                 f"https://app.example.com (scheme, host, port if not the default; no path), not {origin!r}"
             )
     return origins
+def _url(raw: str, name: str) -> str:
+    if raw and not re.match(r"^(https?|wss?)://[^/]", raw, flags=re.IGNORECASE):
+        raise ConfigError(f"{name} must be an http(s) or ws(s) URL such as http://livekit:7880, not {raw!r}")
+    return raw

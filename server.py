@@ -13,15 +13,18 @@ import jwt
 import tornado.httpserver
 import tornado.web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from livekit.api import LiveKitAPI
 
 from config import PROJECT_DIR, Config, ConfigError
 from eventlog import EventLog, open_event_log
+from handlers import rooms as rooms_handlers
 from handlers.base import NotFoundHandler, log_request
 from handlers.events import CLOSE_GOING_AWAY, EventHistoryHandler, EventsSocketHandler
 from handlers.pages import HealthHandler, IndexHandler, VendorFileHandler
 from handlers.ratelimit import RateLimiter
 from handlers.token import TokenHandler
 from handlers.webhook import WebhookHandler, WebhookVerifier
+from rooms import Rooms, open_livekit_api
 
 log = logging.getLogger("server")
 
@@ -30,7 +33,11 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 SHUTDOWN_SECONDS = 4.0
 
 
-def make_app(config: Config, event_log: EventLog | None = None) -> tornado.web.Application:
+def make_app(
+    config: Config, event_log: EventLog | None = None, livekit_api: LiveKitAPI | None = None
+) -> tornado.web.Application:
+    """`livekit_api`: the shared RoomService client (main() opens it); without one the
+    admin API answers 503."""
     # PyJWT warns on every signature with a short key; main() warns once instead.
     warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
     event_log = event_log or open_event_log(config)
@@ -60,12 +67,15 @@ def make_app(config: Config, event_log: EventLog | None = None) -> tornado.web.A
             VendorFileHandler,
             {"path": str(PROJECT_DIR / "node_modules" / "qrcode-generator" / "dist")},
         ),
+        *rooms_handlers.routes,
     ]
     jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
     return tornado.web.Application(
         routes,
         config=config,
         event_log=event_log,
+        livekit_api=livekit_api,
+        rooms=Rooms(config, event_log, livekit_api),
         jinja=jinja,
         static_path=str(PROJECT_DIR / "static"),
         default_handler_class=NotFoundHandler,
@@ -100,9 +110,10 @@ async def main(config: Config) -> None:
         )
     elif len(config.livekit_api_secret) < 32:
         log.warning("LIVEKIT_API_SECRET is shorter than 32 characters; use a longer one")
-    app = make_app(config)
+    app = make_app(config, livekit_api=open_livekit_api(config))
     event_log: EventLog = app.settings["event_log"]
     await event_log.start()
+    await app.settings["rooms"].start()
     # xheaders: X-Real-Ip / X-Forwarded-For become the client address, only behind a trusted proxy.
     server = tornado.httpserver.HTTPServer(
         app, max_body_size=MAX_BODY_BYTES, xheaders=config.trust_proxy_headers
@@ -130,6 +141,8 @@ async def shutdown(server: tornado.httpserver.HTTPServer, app: tornado.web.Appli
     server.stop()
     event_log: EventLog = app.settings["event_log"]
     event_log.close_sockets(CLOSE_GOING_AWAY, "Server shutting down")
+    rooms: Rooms = app.settings["rooms"]
+    await rooms.stop()
     in_flight: set[Any] = app.settings["requests_in_flight"]
     deadline = asyncio.get_running_loop().time() + SHUTDOWN_SECONDS
     while in_flight and asyncio.get_running_loop().time() < deadline:
@@ -140,6 +153,9 @@ async def shutdown(server: tornado.httpserver.HTTPServer, app: tornado.web.Appli
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), 0.5)
     await event_log.close()
+    await rooms.close()
+    if app.settings["livekit_api"] is not None:
+        await app.settings["livekit_api"].aclose()
 
 
 if __name__ == "__main__":

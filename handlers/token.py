@@ -16,7 +16,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from livekit.protocol.room import RoomConfiguration
 
 from config import CLIENT_SETTABLE, DISPATCH_FIELDS
-from handlers.base import ApiError, BodyHandler, CorsMixin
+from handlers.base import ApiError, AwaitingHandler, BodyHandler, CorsMixin
 from handlers.logsafe import quoted
 from handlers.ratelimit import RateLimiter
 
@@ -66,7 +66,7 @@ def sign_hs256(claims: dict[str, Any], secret: str) -> str:
     return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
 
 
-class TokenHandler(CorsMixin, BodyHandler):
+class TokenHandler(CorsMixin, AwaitingHandler, BodyHandler):
     def initialize(self, rate_limiter: RateLimiter | None) -> None:
         self.rate_limiter = rate_limiter  # None: TOKEN_RATE_LIMIT=0
 
@@ -87,20 +87,20 @@ class TokenHandler(CorsMixin, BodyHandler):
         if not hmac.compare_digest(given.encode(), f"Bearer {secret}".encode()):
             raise ApiError(401, "This token endpoint needs Authorization: Bearer <TOKEN_AUTH_SECRET>")
 
-    def post(self) -> None:
+    async def post(self) -> None:
         body = self.json_object()
         if "roomName" in body or "participantName" in body:
-            self.openvidu_token(body)
+            await self.openvidu_token(body)
         else:
-            self.standard_token(body)
+            await self.standard_token(body)
 
-    def openvidu_token(self, body: dict[str, Any]) -> None:
+    async def openvidu_token(self, body: dict[str, Any]) -> None:
         """`{roomName, participantName}` -> 200 `{"token"}`, and only that key."""
         room = self.room_name(body, "roomName", required=True)
         identity = self.name(body, "participantName", required=True)
-        self.write_json({"token": self.mint(TokenClaims(room, identity))})
+        self.write_json({"token": await self.mint(TokenClaims(room, identity))})
 
-    def standard_token(self, body: dict[str, Any]) -> None:
+    async def standard_token(self, body: dict[str, Any]) -> None:
         """LiveKit's standard endpoint shape -> 201 `{server_url, participant_token}`."""
         for settable in CLIENT_SETTABLE:
             if body.get(settable) is not None and settable not in self.config.token_client_fields:
@@ -123,10 +123,14 @@ class TokenHandler(CorsMixin, BodyHandler):
             parsed = _room_config(room_config)
             _check_room_config(parsed, self.config.token_room_config_fields)
             claims.extra["roomConfig"] = MessageToDict(parsed)
-        token = self.mint(claims)
+        token = await self.mint(claims)
         self.write_json({"server_url": self.config.livekit_url, "participant_token": token}, status=201)
 
-    def mint(self, claims: TokenClaims) -> str:
+    async def mint(self, claims: TokenClaims) -> str:
+        # Bans and IDENTITY_CONFLICT (rooms/admission.py): may refuse, or pick another identity.
+        claims.identity, claims.name = await self.settings["rooms"].admission.admit(
+            claims.room, claims.identity, claims.name
+        )
         # Logged with the request's access line: who and where, never the token.
         self.log_detail = f"room={quoted(claims.room)} identity={quoted(claims.identity)}"
         config = self.config

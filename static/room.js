@@ -1,5 +1,5 @@
 // Joining a room: a token from /token, then livekit-client (served from this origin).
-import { ConnectionError, Room, RoomEvent, Track } from "/vendor/livekit-client/livekit-client.esm.mjs";
+import { ConnectionError, DisconnectReason, Room, RoomEvent, Track } from "/vendor/livekit-client/livekit-client.esm.mjs";
 import { hideInvite, roomFromUrl, showInvite } from "./invite.js";
 
 const form = document.getElementById("join-form");
@@ -16,6 +16,22 @@ const nameField = document.getElementById("participant-name");
 const urlField = document.getElementById("livekit-url");
 
 let room = null;
+
+// Said on the page when LiveKit ends the session for a reason other than the Leave button.
+const DISCONNECTED_BECAUSE = {
+  [DisconnectReason.PARTICIPANT_REMOVED]: "You were removed from the room by its admin.",
+  [DisconnectReason.ROOM_DELETED]: "The room was ended by its admin.",
+  [DisconnectReason.DUPLICATE_IDENTITY]: "Someone else joined this room with your name, which disconnected you.",
+};
+
+// The rooms panel (rooms.js) highlights this page's room and shows who speaks in it.
+function announceRoom(joined) {
+  window.dispatchEvent(new CustomEvent("demo-room", { detail: joined }));
+}
+
+function markMuted(participant) {
+  tileFor(participant).dataset.micMuted = String(!participant.isMicrophoneEnabled);
+}
 
 nameField.value ||= `guest-${Math.random().toString(36).slice(2, 7)}`;
 form.roomName.value = roomFromUrl() || form.roomName.value; // an invite link names the room
@@ -125,7 +141,12 @@ async function join(event) {
         tiles.querySelector(`[data-identity="${CSS.escape(participant.identity)}"]`)?.remove();
         updateCount();
       })
-      .on(RoomEvent.Disconnected, () => leave());
+      .on(RoomEvent.TrackMuted, (_publication, participant) => markMuted(participant))
+      .on(RoomEvent.TrackUnmuted, (_publication, participant) => markMuted(participant))
+      .on(RoomEvent.Disconnected, (reason) => {
+        leave();
+        if (DISCONNECTED_BECAUSE[reason]) showError(DISCONNECTED_BECAUSE[reason]);
+      });
     try {
       await room.connect(url, token);
     } catch (error) {
@@ -138,6 +159,7 @@ async function join(event) {
     updateCount();
     showJoined(true);
     showInvite(room.name);
+    announceRoom(room);
     try {
       await room.localParticipant.enableCameraAndMicrophone();
     } catch (error) {
@@ -157,6 +179,7 @@ async function join(event) {
 async function leave() {
   const leaving = room;
   room = null;
+  if (leaving) announceRoom(null);
   if (leaving) await leaving.disconnect();
   tiles.replaceChildren();
   updateCount();

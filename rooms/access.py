@@ -1,0 +1,103 @@
+"""Who may use the admin API (rooms, participants, bans).
+
+With ADMIN_SECRET set: `Authorization: Bearer <ADMIN_SECRET>`, compared in constant
+time (401 without it, 403 when wrong). Without one the admin API is off (404), except
+in development for this server's own page, opened on localhost: zero configuration
+for a developer, and nothing for another origin, another machine or a script.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from urllib.parse import urlsplit
+
+from tornado.httputil import HTTPServerRequest
+
+from config import Config
+from handlers.base import ApiError
+
+# Sent by the demo page with every admin call. A page on another origin cannot send a
+# custom header without a CORS preflight, which the admin API never grants.
+PAGE_HEADER = "X-Requested-With"
+
+
+def admin_caller(config: Config, request: HTTPServerRequest) -> str:
+    """Who is calling (for the admin events' `by`), or ApiError 401/403/404."""
+    if config.admin_secret:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise ApiError(
+                401,
+                "The admin API needs Authorization: Bearer <ADMIN_SECRET>",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        if not secret_matches(config, given.strip()):
+            raise ApiError(403, "Wrong admin secret")
+        return "admin"
+    if config.app_env == "development" and is_own_page_request(request):
+        return "demo page"
+    raise ApiError(404, admin_api_off(config))
+
+
+def secret_matches(config: Config, given: str) -> bool:
+    return hmac.compare_digest(given.encode(), config.admin_secret.encode())
+
+
+def admin_api_off(config: Config) -> str:
+    if config.app_env == "development":
+        return (
+            "The admin API is off: set ADMIN_SECRET to use it (without one, only this "
+            "server's own page opened on localhost may)"
+        )
+    return "The admin API is off: set ADMIN_SECRET to use it"
+
+
+def is_own_page_request(request: HTTPServerRequest, websocket: bool = False) -> bool:
+    """This server's own page, on a loopback host, from this machine: the same-origin
+    check the zero-config development mode rests on. (handlers/origins.py, being
+    written for the /events origin check, is meant to replace this one.)
+
+    - the Host is a loopback name or address, and so is the client: not another
+      machine, and not a DNS-rebound name (Host and Origin both an attacker's);
+    - the Origin is this server's own (browsers always send it on WebSockets and on
+      requests other than GET); a GET without Origin needs `Sec-Fetch-Site:
+      same-origin`, which pages cannot set;
+    - HTTP requests carry the custom header PAGE_HEADER, which forms cannot send and
+      other origins' scripts cannot send without a preflight that is never granted.
+    """
+    if not (_is_loopback_host(request.host) and _is_loopback_address(request.remote_ip)):
+        return False
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site != "same-origin":
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        if websocket or fetch_site != "same-origin":
+            return False
+    elif not is_own_origin(origin, request):
+        return False
+    return websocket or bool(request.headers.get(PAGE_HEADER))
+
+
+def is_own_origin(origin: str, request: HTTPServerRequest) -> bool:
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    return parts.scheme == request.protocol and parts.netloc.lower() == request.host.lower()
+
+
+def _is_loopback_host(host: str) -> bool:
+    try:
+        name = urlsplit(f"//{host}").hostname or ""
+    except ValueError:  # not a host at all, such as an unclosed "[::1"
+        return False
+    return name == "localhost" or name.endswith(".localhost") or _is_loopback_address(name)
+
+
+def _is_loopback_address(address: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,202 @@
+"""Bans: an identity kept out of a room until a time, in the store the events use,
+so that every instance refuses the same tokens.
+
+SQLite: a `bans` table in the event log's file, read into memory at start-up and
+written through (one instance per file, as the event log). Redis: one sorted set per
+room (`livekit:bans:<room>`, identity -> end in ms), which expires with its last ban.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from config import Config
+
+MAX_BAN_SECONDS = 365 * 86_400
+REDIS_KEY_PREFIX = "livekit:bans:"
+
+
+class BansUnavailable(Exception):
+    """The ban store could not be read or written; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Ban:
+    room: str
+    identity: str
+    ends_at_ms: int
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "room": self.room,
+            "identity": self.identity,
+            "endsAt": self.ends_at_ms,
+            "secondsLeft": max(0, -(-(self.ends_at_ms - _now_ms()) // 1000)),
+        }
+
+    def refusal(self) -> str:
+        ends = datetime.fromtimestamp(self.ends_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return (
+            f"{self.identity!r} is banned from room {self.room!r} until {ends} "
+            f"({self.json()['secondsLeft']} s from now)"
+        )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class BanStore(ABC):
+    @abstractmethod
+    async def ban(self, room: str, identity: str, seconds: int) -> Ban: ...
+
+    @abstractmethod
+    async def lift(self, room: str, identity: str) -> bool:
+        """False when there was no ban in force."""
+
+    @abstractmethod
+    async def find(self, room: str, identity: str) -> Ban | None:
+        """The ban in force, if any; asked on every token request."""
+
+    @abstractmethod
+    async def list(self, room: str) -> list[Ban]: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+def open_ban_store(config: Config) -> BanStore:
+    if config.events_redis_url:
+        return RedisBans(config.events_redis_url)
+    return SqliteBans(config.events_db)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bans (
+    room TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    ends_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (room, identity)
+)
+"""
+
+
+class SqliteBans(BanStore):
+    def __init__(self, path: str) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-bans")
+        self._db, self._bans = self._thread.submit(self._open, path).result()
+
+    @staticmethod
+    def _open(path: str) -> tuple[sqlite3.Connection, dict[tuple[str, str], int]]:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute(_SCHEMA)
+        db.execute("DELETE FROM bans WHERE ends_at_ms <= ?", (_now_ms(),))
+        rows = db.execute("SELECT room, identity, ends_at_ms FROM bans").fetchall()
+        return db, {(room, identity): ends for room, identity, ends in rows}
+
+    async def _write(self, sql: str, parameters: tuple[Any, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._thread, self._db.execute, sql, parameters)
+        except sqlite3.Error as error:
+            raise BansUnavailable(f"The ban list could not be written: {error}") from None
+
+    async def ban(self, room: str, identity: str, seconds: int) -> Ban:
+        ends = _now_ms() + seconds * 1000
+        await self._write(
+            "INSERT INTO bans (room, identity, ends_at_ms) VALUES (?, ?, ?)"
+            " ON CONFLICT (room, identity) DO UPDATE SET ends_at_ms = excluded.ends_at_ms",
+            (room, identity, ends),
+        )
+        self._bans[room, identity] = ends  # only once it is on disk
+        return Ban(room, identity, ends)
+
+    async def lift(self, room: str, identity: str) -> bool:
+        in_force = await self.find(room, identity) is not None
+        await self._write("DELETE FROM bans WHERE room = ? AND identity = ?", (room, identity))
+        self._bans.pop((room, identity), None)
+        return in_force
+
+    async def find(self, room: str, identity: str) -> Ban | None:
+        ends = self._bans.get((room, identity))
+        if ends is None:
+            return None
+        if ends <= _now_ms():
+            del self._bans[room, identity]  # the row goes at the next start-up
+            return None
+        return Ban(room, identity, ends)
+
+    async def list(self, room: str) -> list[Ban]:
+        now = _now_ms()
+        return sorted(
+            (
+                Ban(r, identity, ends)
+                for (r, identity), ends in self._bans.items()
+                if r == room and ends > now
+            ),
+            key=lambda ban: ban.identity,
+        )
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._db.close)
+        self._thread.shutdown(wait=True)
+
+
+class RedisBans(BanStore):
+    def __init__(self, url: str) -> None:
+        self._redis = redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=2, socket_timeout=3
+        )
+
+    async def _ask(self, call: Any) -> Any:
+        try:
+            return await call
+        except (RedisError, OSError) as error:
+            raise BansUnavailable(f"The ban list in Redis is unavailable: {error}") from None
+
+    async def ban(self, room: str, identity: str, seconds: int) -> Ban:
+        ends = _now_ms() + seconds * 1000
+        key = REDIS_KEY_PREFIX + room
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {identity: ends})
+            # The set lives as long as its longest ban: NX sets a first expiry, GT extends it.
+            pipe.pexpireat(key, ends, nx=True)
+            pipe.pexpireat(key, ends, gt=True)
+            await self._ask(pipe.execute())
+        return Ban(room, identity, ends)
+
+    async def lift(self, room: str, identity: str) -> bool:
+        in_force = await self.find(room, identity) is not None
+        await self._ask(self._redis.zrem(REDIS_KEY_PREFIX + room, identity))
+        return in_force
+
+    async def find(self, room: str, identity: str) -> Ban | None:
+        ends = await self._ask(self._redis.zscore(REDIS_KEY_PREFIX + room, identity))
+        if ends is None or ends <= _now_ms():
+            return None
+        return Ban(room, identity, int(ends))
+
+    async def list(self, room: str) -> list[Ban]:
+        entries = await self._ask(
+            self._redis.zrangebyscore(REDIS_KEY_PREFIX + room, f"({_now_ms()}", "+inf", withscores=True)
+        )
+        return sorted(
+            (Ban(room, identity, int(ends)) for identity, ends in entries), key=lambda b: b.identity
+        )
+
+    async def close(self) -> None:
+        await self._redis.aclose()

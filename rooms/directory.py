@@ -1,0 +1,338 @@
+"""The room directory: every live room and its participants, for the rooms panel.
+
+Fed by the event log (LiveKit's webhooks and this server's own admin events, read in
+order from the log, so every instance sharing a Redis log sees the same), and
+reconciled with RoomService, which is the truth: webhooks get lost and arrive out of
+order (livekit/livekit#2399, #1130), and changes made through the API send none in
+some cases (#1501). Reconciled on start, every ROOMS_RECONCILE_SECONDS, and soon
+after a gap: the event log could not be read or skipped events, or an event names a
+room or participant the directory does not know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from livekit.api import LiveKitAPI
+from livekit.api.twirp_client import ServerError
+from livekit.protocol.models import ParticipantInfo
+from livekit.protocol.room import ListParticipantsRequest, ListRoomsRequest
+
+from config import Config
+from eventlog import EventLog, StoreUnavailable
+from rooms.livekit import LiveKitUnavailable, ask_livekit
+from rooms.shapes import JsonObject, parse_participant, parse_room, parse_track, participant_json, room_json
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.25  # how often the event log is read for new events
+READ_BATCH = 500
+RETRY_SECONDS = 5.0  # after a failed reconcile, sooner than the period
+MIN_RECONCILE_GAP = 1.0  # a burst of surprises makes one reconcile, not many
+REMEMBERED_DEPARTURES = 10_000
+LISTING_CONCURRENCY = 8
+
+
+class DirectoryListener(Protocol):
+    def directory_changed(self, message: bytes) -> None: ...
+    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+
+@dataclass
+class DirectoryRoom:
+    info: JsonObject
+    participants: dict[str, JsonObject] = field(default_factory=dict)
+
+    def json(self) -> JsonObject:
+        participants = sorted(self.participants.values(), key=lambda p: (p["joinedAt"] or 0, p["identity"]))
+        return {**self.info, "numParticipants": len(participants), "participants": participants}
+
+
+class RoomDirectory:
+    def __init__(self, config: Config, event_log: EventLog, livekit_api: LiveKitAPI | None) -> None:
+        self.config = config
+        self.event_log = event_log
+        self.livekit_api = livekit_api
+        self.rooms: dict[str, DirectoryRoom] = {}
+        self.status: JsonObject = {"ok": None, "reconciledAt": None, "error": ""}
+        self._listeners: set[DirectoryListener] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reconcile_soon = asyncio.Event()
+        # Events applied while a reconcile was asking LiveKit: applied again on its answer.
+        self._during_reconcile: list[JsonObject] | None = None
+        # Participant sessions seen leaving: a late `participant_joined` for one is stale.
+        self._departed: OrderedDict[str, None] = OrderedDict()
+
+    # The panel's side: snapshots and changes.
+
+    def subscribe(self, listener: DirectoryListener) -> bytes:
+        """Register for changes; returns the snapshot to send first."""
+        self._listeners.add(listener)
+        return self.snapshot_message()
+
+    def unsubscribe(self, listener: DirectoryListener) -> None:
+        self._listeners.discard(listener)
+
+    def snapshot_message(self) -> bytes:
+        rooms = [self.rooms[name].json() for name in sorted(self.rooms)]
+        return orjson.dumps({"type": "snapshot", "rooms": rooms, "livekit": self.status})
+
+    def _tell(self, message: JsonObject) -> None:
+        data = orjson.dumps(message)
+        for listener in tuple(self._listeners):
+            listener.directory_changed(data)
+
+    def _room_changed(self, name: str) -> None:
+        room = self.rooms.get(name)
+        if room is None:
+            self._tell({"type": "room_closed", "name": name})
+        else:
+            self._tell({"type": "room", "room": room.json()})
+
+    # Lifecycle.
+
+    async def start(self) -> None:
+        """Reconcile and follow the event log in the background, from now on."""
+        if self._tasks:
+            return
+        cursor = await self._newest_cursor()
+        for work in (self._reconcile_forever(), self._follow_events(cursor)):
+            task = asyncio.create_task(work)
+            task.add_done_callback(_log_if_failed)
+            self._tasks.append(task)
+
+    async def close(self, code: int = 1001, reason: str = "Server shutting down") -> None:
+        for listener in tuple(self._listeners):
+            listener.close(code, reason)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def request_reconcile(self, why: str) -> None:
+        if not self._reconcile_soon.is_set():
+            log.info("rooms: reconciling with RoomService soon: %s", why)
+            self._reconcile_soon.set()
+
+    # Events.
+
+    async def _newest_cursor(self) -> str | None:
+        try:
+            replay = await self.event_log.read(None, 1)
+        except StoreUnavailable:
+            return None
+        return replay.frames[-1].cursor if replay.frames else None
+
+    async def _follow_events(self, cursor: str | None) -> None:
+        store_failed = False
+        while True:
+            try:
+                replay = await self.event_log.read(cursor, READ_BATCH)
+            except StoreUnavailable:
+                store_failed = True
+                await asyncio.sleep(1.0)
+                continue
+            if (
+                store_failed
+                or replay.notice is not None
+                or (cursor is None and len(replay.frames) >= READ_BATCH)
+            ):
+                self.request_reconcile("events may have been missed")
+                store_failed = False
+            for frame in replay.frames:
+                cursor = frame.cursor
+                try:
+                    self.apply(orjson.loads(frame.data)["event"])
+                except Exception:  # one strange event must not stop the directory
+                    log.exception("rooms: could not apply the event at cursor %s", frame.cursor)
+            if len(replay.frames) < READ_BATCH:
+                await asyncio.sleep(POLL_SECONDS)
+
+    def apply(self, event: Any, replaying: bool = False) -> None:
+        """Apply one event (LiveKit's or this server's `admin.*`); unknown ones pass."""
+        if not isinstance(event, dict) or not isinstance(event.get("room"), dict):
+            return
+        name = event["room"].get("name")
+        if not isinstance(name, str) or not name:
+            return
+        if self._during_reconcile is not None and not replaying:
+            self._during_reconcile.append(event)
+        kind = event.get("event")
+        changed = False
+        if kind == "room_started":
+            changed = self._room_started(name, event["room"])
+        elif kind in ("room_finished", "admin.room_deleted"):
+            changed = self._room_finished(name, event["room"].get("sid"))
+        elif kind == "participant_joined":
+            changed = self._participant_joined(name, event, replaying)
+        elif kind in ("participant_left", "participant_connection_aborted", "admin.participant_removed"):
+            changed = self._participant_left(name, event.get("participant"))
+        elif kind in ("track_published", "track_unpublished", "admin.track_muted"):
+            changed = self._track_changed(name, event, kind == "track_unpublished", replaying)
+        elif kind == "admin.participant_updated":
+            changed = self._participant_updated(name, event.get("participant"))
+        if changed and not replaying:
+            self._room_changed(name)
+
+    def _room(self, name: str, room_data: Any) -> DirectoryRoom:
+        room = self.rooms.get(name)
+        if room is None:
+            parsed = parse_room(room_data)
+            info = room_json(parsed) if parsed is not None else {"name": name, "sid": ""}
+            room = self.rooms[name] = DirectoryRoom(info)
+        return room
+
+    def _room_started(self, name: str, room_data: Any) -> bool:
+        parsed = parse_room(room_data)
+        if parsed is None:
+            return False
+        room = self._room(name, room_data)
+        room.info = room_json(parsed)
+        return True
+
+    def _room_finished(self, name: str, sid: Any) -> bool:
+        room = self.rooms.get(name)
+        if room is None:
+            return False
+        if sid and room.info.get("sid") and sid != room.info["sid"]:
+            return False  # the end of an earlier room of that name, arriving late
+        del self.rooms[name]
+        return True
+
+    def _participant_joined(self, name: str, event: JsonObject, replaying: bool) -> bool:
+        participant = parse_participant(event.get("participant"))
+        if participant is None or not participant.identity or participant.sid in self._departed:
+            return False
+        if name not in self.rooms and not replaying:
+            self.request_reconcile(f"a participant joined room {name!r}, whose start was not seen")
+        self._room(name, event["room"]).participants[participant.identity] = participant_json(participant)
+        return True
+
+    def _participant_left(self, name: str, participant_data: Any) -> bool:
+        participant = parse_participant(participant_data)
+        if participant is None:
+            return False
+        if participant.sid:
+            self._departed[participant.sid] = None
+            while len(self._departed) > REMEMBERED_DEPARTURES:
+                self._departed.popitem(last=False)
+        room = self.rooms.get(name)
+        known = room.participants.get(participant.identity) if room else None
+        if room is None or known is None:
+            return False
+        if participant.sid and known["sid"] and participant.sid != known["sid"]:
+            return False  # an earlier session of that identity
+        del room.participants[participant.identity]
+        return True
+
+    def _track_changed(self, name: str, event: JsonObject, unpublished: bool, replaying: bool) -> bool:
+        participant = parse_participant(event.get("participant"))
+        track = parse_track(event.get("track"))
+        if participant is None or track is None or not track.sid:
+            return False
+        room = self.rooms.get(name)
+        known = room.participants.get(participant.identity) if room else None
+        if known is None:
+            if not unpublished and not replaying:
+                self.request_reconcile(
+                    f"a track of {participant.identity!r} in {name!r}, who was not seen joining"
+                )
+            return False
+        tracks = [t for t in known["tracks"] if t["sid"] != track.sid]
+        if not unpublished:
+            tracks.append(participant_json(ParticipantInfo(tracks=[track]))["tracks"][0])
+        known["tracks"] = tracks
+        return True
+
+    def _participant_updated(self, name: str, participant_data: Any) -> bool:
+        participant = parse_participant(participant_data)
+        room = self.rooms.get(name)
+        if participant is None or room is None or participant.identity not in room.participants:
+            return False
+        room.participants[participant.identity] = participant_json(participant)
+        return True
+
+    # Reconciling with RoomService.
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            self._reconcile_soon.clear()
+            reconciled = await self.reconcile()
+            await asyncio.sleep(MIN_RECONCILE_GAP)
+            period = self.config.rooms_reconcile_seconds
+            wait = period if reconciled else min(period, RETRY_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile_soon.wait(), max(0.0, wait - MIN_RECONCILE_GAP))
+
+    async def reconcile(self) -> bool:
+        """Replace the directory with what RoomService says; False when it could not."""
+        if self.livekit_api is None:
+            self._set_status(False, "This server has no LiveKit API client")
+            return False
+        self._during_reconcile = []
+        try:
+            listing = await self._list_everything(self.livekit_api)
+        except (LiveKitUnavailable, ServerError) as error:
+            log.warning("rooms: could not reconcile with RoomService: %s", error)
+            self._set_status(False, str(error))
+            return False
+        finally:
+            during, self._during_reconcile = self._during_reconcile or [], None
+        before = {name: room.json() for name, room in self.rooms.items()}
+        self.rooms = listing
+        for event in during:
+            self.apply(event, replaying=True)
+        for name in sorted(set(before) | set(self.rooms)):
+            room = self.rooms.get(name)
+            if room is None or before.get(name) != room.json():
+                self._room_changed(name)
+        self._set_status(True, "")
+        return True
+
+    async def _list_everything(self, client: LiveKitAPI) -> dict[str, DirectoryRoom]:
+        url = self.config.livekit_http_url
+        rooms = (await ask_livekit(client.room.list_rooms(ListRoomsRequest()), url)).rooms
+        limit = asyncio.Semaphore(LISTING_CONCURRENCY)
+
+        async def participants_of(name: str) -> list[ParticipantInfo]:
+            async with limit:
+                answer = await ask_livekit(
+                    client.room.list_participants(ListParticipantsRequest(room=name)), url
+                )
+            return list(answer.participants)
+
+        listed = await asyncio.gather(*(participants_of(room.name) for room in rooms))
+        return {
+            room.name: DirectoryRoom(
+                room_json(room),
+                {
+                    participant.identity: participant_json(participant)
+                    for participant in participants
+                    if participant.state != ParticipantInfo.State.DISCONNECTED
+                },
+            )
+            for room, participants in zip(rooms, listed, strict=True)
+        }
+
+    def _set_status(self, ok: bool, error: str) -> None:
+        status = {
+            "ok": ok,
+            "reconciledAt": int(time.time() * 1000) if ok else self.status["reconciledAt"],
+            "error": error,
+        }
+        changed = (status["ok"], status["error"]) != (self.status["ok"], self.status["error"])
+        self.status = status
+        if changed:
+            self._tell({"type": "status", "livekit": status})
+
+
+def _log_if_failed(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("rooms: the room directory stopped", exc_info=task.exception())
