@@ -10,6 +10,7 @@ from jinja2 import Environment
 
 from eventlog import EventLog
 from handlers.base import ApiHandler
+from rooms.access import page_admin_mode
 
 
 def content_security_policy(livekit_url: str) -> str:
@@ -38,7 +39,9 @@ class IndexHandler(tornado.web.RequestHandler):
         environment: Environment = self.settings["jinja"]
         config = self.settings["config"]
         page = environment.get_template("index.html").render(
-            livekit_url=config.livekit_url, static_url=self.static_url
+            livekit_url=config.livekit_url,
+            static_url=self.static_url,
+            admin_api=page_admin_mode(config, self.request),
         )
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Content-Security-Policy", content_security_policy(config.livekit_url))

@@ -31,6 +31,7 @@ function announceRoom(joined) {
 
 function markMuted(participant) {
   tileFor(participant).dataset.micMuted = String(!participant.isMicrophoneEnabled);
+  if (participant === room?.localParticipant) setToggle(micButton, participant.isMicrophoneEnabled, "Microphone");
 }
 
 nameField.value ||= `guest-${Math.random().toString(36).slice(2, 7)}`;
@@ -99,8 +100,12 @@ function attach(track, participant) {
   }
 }
 
-function detach(track) {
+function detach(track, participant) {
   for (const element of track.detach()) element.remove();
+  // A track unpublished by the server (permission revoked) was detached before we hear of it.
+  if (participant) {
+    for (const media of tileFor(participant).querySelectorAll("video, audio")) if (!media.srcObject) media.remove();
+  }
 }
 
 function updateCount() {
@@ -133,7 +138,7 @@ async function join(event) {
     room = new Room({ adaptiveStream: true, dynacast: true });
     room
       .on(RoomEvent.TrackSubscribed, (track, _publication, participant) => attach(track, participant))
-      .on(RoomEvent.TrackUnsubscribed, (track) => detach(track))
+      .on(RoomEvent.TrackUnsubscribed, (track, _publication, participant) => detach(track, participant))
       .on(RoomEvent.LocalTrackPublished, (publication) => attach(publication.track, room.localParticipant))
       .on(RoomEvent.LocalTrackUnpublished, (publication) => detach(publication.track))
       .on(RoomEvent.ParticipantConnected, (participant) => { tileFor(participant); updateCount(); })

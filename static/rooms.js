@@ -50,27 +50,24 @@ async function admin(method, path, body) {
 const roomPath = (room) => `/rooms/${encodeURIComponent(room)}`;
 const participantPath = (room, identity) => `${roomPath(room)}/participants/${encodeURIComponent(identity)}`;
 
-// Asks the admin API once: it says whether this page may watch rooms, or needs the secret.
-async function start() {
-  let response;
-  try {
-    response = await fetch("/rooms", { headers: headers(false) });
-  } catch {
-    return retry("this server cannot be reached");
+// The page says what the admin API is for it (the server checks every call all the same):
+// `secret` (ADMIN_SECRET is set: ask for it), `page` (development, on localhost) or `off`.
+function start() {
+  const mode = document.body.dataset.adminApi;
+  if (mode === "off") {
+    setState("off", "Rooms: the admin API is off. Set ADMIN_SECRET to use it (without one, only on localhost in development).");
+  } else if (mode === "secret" && !secret) {
+    setState("locked", "Rooms: enter the admin secret (ADMIN_SECRET) to see and manage rooms.");
+    secretForm.hidden = false;
+  } else {
+    secretForm.hidden = true;
+    connect();
   }
-  if (response.status === 401 || response.status === 403 || response.status === 404) {
-    const answer = await response.json().catch(() => ({}));
-    setState("locked", answer.errorMessage || response.statusText);
-    secretForm.hidden = response.status === 404;
-    return;
-  }
-  secretForm.hidden = true;
-  connect();
 }
 
 function retry(why) {
   setState("reconnecting", `Rooms: ${why}; retrying…`);
-  setTimeout(start, retryDelay);
+  setTimeout(connect, retryDelay);
   retryDelay = Math.min(retryDelay * 2, 10000);
 }
 
@@ -86,7 +83,7 @@ function connect() {
   });
   socket.addEventListener("close", (closed) => {
     if (closed.code === 4401 || closed.code === 4403) {
-      setState("locked", closed.reason);
+      setState("locked", `Rooms: ${closed.reason}`);
       secretForm.hidden = false;
     } else {
       retry(closed.reason || "disconnected");

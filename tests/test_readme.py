@@ -13,9 +13,16 @@ from config import PROJECT_DIR
 BLOCK = re.compile(r"```sh\n(.*?)```", re.DOTALL)
 
 
-def curl_examples() -> list[tuple[str, str]]:
+# Its examples need a LiveKit server with people in a room: tests/test_rooms_e2e.py runs them.
+ADMIN_SECTION = "\n## Rooms and moderation\n"
+
+
+def curl_examples(admin: bool = False) -> list[tuple[str, str]]:
+    readme = (PROJECT_DIR / "README.md").read_text()
+    before, _, section = readme.partition(ADMIN_SECTION)
+    section, _, after = section.partition("\n## ")
     examples = []
-    for block in BLOCK.findall((PROJECT_DIR / "README.md").read_text()):
+    for block in BLOCK.findall(section if admin else before + after):
         if "curl" not in block:
             continue
         lines = block.strip().splitlines()
