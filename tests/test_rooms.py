@@ -438,3 +438,94 @@ def test_the_directory_reconciles_rooms_whose_webhooks_were_lost(
         socket.close()
     # Nothing of this came through webhooks: the event log holds none.
     assert [f for f in app.history() if f["event"]["room"]["name"] == name] == []
+
+
+# --- the directory's reading of events ------------------------------------------------------
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    def directory_changed(self, message: bytes) -> None:
+        self.messages.append(json.loads(message))
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        pass
+
+
+def event(kind: str, room: str = "R", room_sid: str = "RM_1", **parts: Any) -> dict[str, Any]:
+    return {"event": kind, "id": f"EV_{time.time_ns()}", "room": {"name": room, "sid": room_sid}, **parts}
+
+
+def person(identity: str, sid: str, **fields: Any) -> dict[str, Any]:
+    return {"identity": identity, "sid": sid, "state": "ACTIVE", "joinedAt": "1771351907", **fields}
+
+
+def microphone(muted: bool = False) -> dict[str, Any]:
+    return {"sid": "TR_mic", "type": "AUDIO", "source": "MICROPHONE", "muted": muted}
+
+
+def test_the_directory_follows_events_in_any_order(tmp_path: Path) -> None:
+    from eventlog.sqlite import SqliteEventLog
+    from rooms.directory import RoomDirectory
+
+    directory = RoomDirectory(Config(), SqliteEventLog(":memory:", 10, 10), None)
+    listener = Listener()
+    assert json.loads(directory.subscribe(listener))["rooms"] == []
+    directory.apply(event("room_started"))
+    directory.apply(event("participant_joined", participant=person("alice", "PA_a1")))
+    directory.apply(event("track_published", participant=person("alice", "PA_a1"), track=microphone()))
+    room = directory.rooms["R"].json()
+    assert room["numParticipants"] == 1
+    assert room["participants"][0]["tracks"][0] == {
+        "sid": "TR_mic",
+        "type": "AUDIO",
+        "source": "MICROPHONE",
+        "muted": False,
+        "name": "",
+        "mimeType": "",
+    }
+    # This server's own admin events change it too (LiveKit sends no webhook for a mute).
+    directory.apply(event("admin.track_muted", participant=person("alice", "PA_a1"), track=microphone(True)))
+    assert directory.rooms["R"].participants["alice"]["tracks"][0]["muted"] is True
+    updated = person("alice", "PA_a1", permission={"canSubscribe": True}, metadata="host")
+    directory.apply(event("admin.participant_updated", participant=updated))
+    assert directory.rooms["R"].participants["alice"]["metadata"] == "host"
+
+    # Out of order: bob's leave arrives before his join; the join, late, is not believed.
+    directory.apply(event("participant_left", participant=person("bob", "PA_b1")))
+    directory.apply(event("participant_joined", participant=person("bob", "PA_b1")))
+    assert "bob" not in directory.rooms["R"].participants
+    # An earlier session's leave does not remove alice's new session.
+    directory.apply(event("participant_left", participant=person("alice", "PA_a0")))
+    assert "alice" in directory.rooms["R"].participants
+    # The end of an earlier room of that name does not end this one.
+    directory.apply(event("room_finished", room_sid="RM_0"))
+    assert "R" in directory.rooms
+    # Foreign or broken events change nothing and break nothing.
+    for strange in ({"event": "participant_joined"}, event("participant_joined", participant="x"), [], "x"):
+        directory.apply(strange)
+    directory.apply(event("participant_joined", participant={"identity": 5}))
+    assert set(directory.rooms["R"].participants) == {"alice"}
+
+    directory.apply(event("participant_left", participant=person("alice", "PA_a1")))
+    directory.apply(event("room_finished"))
+    assert directory.rooms == {}
+    kinds = [message["type"] for message in listener.messages]
+    assert kinds == ["room"] * 6 + ["room_closed"]
+    assert not directory._reconcile_soon.is_set()
+
+
+def test_the_directory_asks_livekit_soon_when_an_event_shows_a_gap() -> None:
+    from eventlog.sqlite import SqliteEventLog
+    from rooms.directory import RoomDirectory
+
+    directory = RoomDirectory(Config(), SqliteEventLog(":memory:", 10, 10), None)
+    # A track of someone whose join never arrived: shown after the next reconcile, asked soon.
+    directory.apply(event("track_published", participant=person("carol", "PA_c"), track=microphone()))
+    assert directory._reconcile_soon.is_set()
+    directory._reconcile_soon.clear()
+    directory.apply(event("participant_joined", room="S", participant=person("dan", "PA_d")))
+    assert directory._reconcile_soon.is_set()  # room S's start was never seen
+    assert directory.rooms["S"].participants["dan"]["identity"] == "dan"
