@@ -416,6 +416,18 @@ def test_livekit_unreachable_is_a_503_that_says_so(server_process: Any) -> None:
 
 
 @pytest.mark.e2e
+def test_livekit_refusing_our_key_is_a_503_that_says_so(livekit: LiveKitServer, server_process: Any) -> None:
+    app = server_process(
+        LIVEKIT_URL=livekit.url, LIVEKIT_API_SECRET="not-the-secret-of-that-livekit-0123", ADMIN_SECRET=SECRET
+    )
+    status, answer, _ = admin(app.url, "GET", "/rooms")
+    refused = (
+        f"The LiveKit server at {livekit.url.replace('ws', 'http')} refused this server's API key and secret"
+    )
+    assert (status, answer) == (503, {"errorMessage": refused})
+
+
+@pytest.mark.e2e
 def test_the_directory_reconciles_rooms_whose_webhooks_were_lost(
     livekit: LiveKitServer, server_process: Any
 ) -> None:
