@@ -259,6 +259,8 @@ def _public_origins(raw: str) -> tuple[str, ...]:
                 f"https://app.example.com (scheme, host, port if not the default; no path), not {origin!r}"
             )
     return origins
+
+
 def _url(raw: str, name: str) -> str:
     if raw and not re.match(r"^(https?|wss?)://[^/]", raw, flags=re.IGNORECASE):
         raise ConfigError(f"{name} must be an http(s) or ws(s) URL such as http://livekit:7880, not {raw!r}")

@@ -31,8 +31,9 @@ from tornado.iostream import StreamClosedError
 
 from eventlog import EventLog, StoreUnavailable
 from handlers.base import ApiError, AwaitingHandler, BodyHandler
+from handlers.origins import EveryOriginChecked, same_origin
 from rooms import Rooms
-from rooms.access import admin_api_off, admin_caller, is_own_origin, is_own_page_request, secret_matches
+from rooms.access import admin_api_off, admin_caller, is_own_page_request, secret_matches
 from rooms.bans import MAX_BAN_SECONDS, BansUnavailable
 from rooms.livekit import room_service
 from rooms.shapes import JsonObject, participant_json, room_json, track_json
@@ -309,7 +310,7 @@ class BanHandler(AdminHandler):
         self.write_json({"lifted": identity, "room": room})
 
 
-class RoomsSocketHandler(tornado.websocket.WebSocketHandler):
+class RoomsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler):
     """WS /live/rooms: the room directory, a snapshot first, then each change. With
     ADMIN_SECRET set, the first message must be `{"authorization": "Bearer <secret>"}`
     (browsers cannot set headers on a WebSocket), unless the upgrade carried it."""
@@ -328,7 +329,7 @@ class RoomsSocketHandler(tornado.websocket.WebSocketHandler):
                     self._refuse(error.status_code, error.message)
                     return
                 self.authorized = True
-        elif config.app_env == "development" and is_own_page_request(self.request, websocket=True):
+        elif config.app_env == "development" and is_own_page_request(self.request, config, websocket=True):
             self.authorized = True
         else:
             self._refuse(404, admin_api_off(config))
@@ -339,7 +340,7 @@ class RoomsSocketHandler(tornado.websocket.WebSocketHandler):
         self.finish(orjson.dumps({"errorMessage": message}))
 
     def check_origin(self, origin: str) -> bool:
-        return is_own_origin(origin, self.request)
+        return same_origin(origin, self.request, self.settings["config"])
 
     def open(self) -> None:
         if self.authorized:

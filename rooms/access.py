@@ -16,6 +16,7 @@ from tornado.httputil import HTTPServerRequest
 
 from config import Config
 from handlers.base import ApiError
+from handlers.origins import same_origin
 
 # Sent by the demo page with every admin call. A page on another origin cannot send a
 # custom header without a CORS preflight, which the admin API never grants.
@@ -35,7 +36,7 @@ def admin_caller(config: Config, request: HTTPServerRequest) -> str:
         if not secret_matches(config, given.strip()):
             raise ApiError(403, "Wrong admin secret")
         return "admin"
-    if config.app_env == "development" and is_own_page_request(request):
+    if config.app_env == "development" and is_own_page_request(request, config):
         return "demo page"
     raise ApiError(404, admin_api_off(config))
 
@@ -63,16 +64,15 @@ def admin_api_off(config: Config) -> str:
     return "The admin API is off: set ADMIN_SECRET to use it"
 
 
-def is_own_page_request(request: HTTPServerRequest, websocket: bool = False) -> bool:
-    """This server's own page, on a loopback host, from this machine: the same-origin
-    check the zero-config development mode rests on. (handlers/origins.py, being
-    written for the /events origin check, is meant to replace this one.)
+def is_own_page_request(request: HTTPServerRequest, config: Config, websocket: bool = False) -> bool:
+    """This server's own page, on a loopback host, from this machine: what the
+    zero-config development mode rests on.
 
     - the Host is a loopback name or address, and so is the client: not another
       machine, and not a DNS-rebound name (Host and Origin both an attacker's);
-    - the Origin is this server's own (browsers always send it on WebSockets and on
-      requests other than GET); a GET without Origin needs `Sec-Fetch-Site:
-      same-origin`, which pages cannot set;
+    - the Origin is this server's own (handlers/origins.py; browsers always send it on
+      WebSockets and on requests other than GET); a GET without Origin needs
+      `Sec-Fetch-Site: same-origin`, which pages cannot set;
     - HTTP requests carry the custom header PAGE_HEADER, which forms cannot send and
       other origins' scripts cannot send without a preflight that is never granted.
     """
@@ -85,17 +85,9 @@ def is_own_page_request(request: HTTPServerRequest, websocket: bool = False) -> 
     if origin is None:
         if websocket or fetch_site != "same-origin":
             return False
-    elif not is_own_origin(origin, request):
+    elif not same_origin(origin, request, config):
         return False
     return websocket or bool(request.headers.get(PAGE_HEADER))
-
-
-def is_own_origin(origin: str, request: HTTPServerRequest) -> bool:
-    try:
-        parts = urlsplit(origin)
-    except ValueError:
-        return False
-    return parts.scheme == request.protocol and parts.netloc.lower() == request.host.lower()
 
 
 def _is_loopback_host(host: str) -> bool:
