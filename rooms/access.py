@@ -42,11 +42,11 @@ def admin_caller(config: Config, request: HTTPServerRequest) -> str:
 
 
 def page_admin_mode(config: Config, request: HTTPServerRequest) -> str:
-    """What the demo page's rooms panel is to do, told in the page: `secret` (ask for
+    """What the demo page's rooms panel is to do, told in the page: `key` (ask for
     ADMIN_SECRET), `page` (the zero-config own page, as seen from where it is opened)
     or `off`; the API checks each call all the same."""
     if config.admin_secret:
-        return "secret"
+        return "key"
     on_localhost = _is_loopback_host(request.host) and _is_loopback_address(request.remote_ip)
     return "page" if config.app_env == "development" and on_localhost else "off"
 

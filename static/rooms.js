@@ -7,8 +7,8 @@ const list = document.getElementById("room-list");
 const stateLine = document.getElementById("rooms-state");
 const errorBox = document.getElementById("rooms-error");
 const countBadge = document.getElementById("room-count");
-const secretForm = document.getElementById("admin-secret-form");
-const secretField = document.getElementById("admin-secret");
+const secretForm = document.getElementById("admin-key-form");
+const secretField = document.getElementById("admin-key");
 
 const BANS = [["", "No ban"], ["60", "Ban 1 min"], ["600", "Ban 10 min"], ["3600", "Ban 1 hour"], ["86400", "Ban 1 day"]];
 const rooms = new Map(); // name -> room, as the server sends it
@@ -51,13 +51,13 @@ const roomPath = (room) => `/rooms/${encodeURIComponent(room)}`;
 const participantPath = (room, identity) => `${roomPath(room)}/participants/${encodeURIComponent(identity)}`;
 
 // The page says what the admin API is for it (the server checks every call all the same):
-// `secret` (ADMIN_SECRET is set: ask for it), `page` (development, on localhost) or `off`.
+// `key` (ADMIN_SECRET is set: ask for it), `page` (development, on localhost) or `off`.
 function start() {
   const mode = document.body.dataset.adminApi;
   if (mode === "off") {
     setState("off", "Rooms: the admin API is off. Set ADMIN_SECRET to use it (without one, only on localhost in development).");
-  } else if (mode === "secret" && !secret) {
-    setState("locked", "Rooms: enter the admin secret (ADMIN_SECRET) to see and manage rooms.");
+  } else if (mode === "key" && !secret) {
+    setState("locked", "Rooms: enter the admin key (ADMIN_SECRET) to see and manage rooms.");
     secretForm.hidden = false;
   } else {
     secretForm.hidden = true;

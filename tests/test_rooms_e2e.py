@@ -134,9 +134,9 @@ def other_app(stack: Any, tmp_path: Path) -> Iterator[Any]:
 
 def unlock(page: Any) -> None:
     """Give the rooms panel the admin secret, as a person would."""
-    page.wait_for_selector("#admin-secret-form:not([hidden])", timeout=WAIT_MS)
-    page.fill("#admin-secret", SECRET)
-    page.press("#admin-secret", "Enter")
+    page.wait_for_selector("#admin-key-form:not([hidden])", timeout=WAIT_MS)
+    page.fill("#admin-key", SECRET)
+    page.press("#admin-key", "Enter")
     page.wait_for_selector('#rooms-state[data-state="live"]', timeout=WAIT_MS)
 
 
@@ -286,7 +286,7 @@ def test_c_zero_config_panel_suffixed_names_keyboard_and_small_screens(
     second = open_page(browser, app.url + "/")
     # In development without ADMIN_SECRET, the page's own panel needs nothing.
     first.wait_for_selector('#rooms-state[data-state="live"]', timeout=WAIT_MS)
-    assert first.is_hidden("#admin-secret-form")
+    assert first.is_hidden("#admin-key-form")
     join(first, room, "Participant0")
     join(second, room, "Participant0")  # the OpenVidu tutorials' prefilled name, twice
     assert second.inner_text("#room-title") == f"In room “{room}” as Participant0-2"
