@@ -93,7 +93,7 @@ bench/node_modules/.installed: bench/package.json bench/package-lock.json
 	cd bench && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-soak: setup-dev
+soak: setup-dev bench/node_modules/.installed
 	$(PY) -m bench.soak
 
 screenshot: setup-dev

@@ -23,6 +23,7 @@ class ConfigError(ValueError):
 
 
 MAX_TOKEN_TTL = timedelta(hours=24)
+APP_ENVS = ("development", "production")
 # Fields of the standard token request that TOKEN_CLIENT_FIELDS can let clients set.
 CLIENT_SETTABLE = ("participant_metadata", "participant_attributes", "room_config")
 # What clients may always ask of an agent dispatch in room_config (with `agents` allowed).
@@ -35,6 +36,9 @@ IDENTITY_CONFLICTS = ("replace", "reject", "suffix")
 class Config:
     server_port: int = 6080
     server_host: str = ""
+    max_connections: int = 0  # 0: derived from the open-file limit at start-up
+    idle_timeout: timedelta = timedelta(seconds=10)
+    body_timeout: timedelta = timedelta(seconds=30)
     livekit_api_key: str = DEV_API_KEY
     livekit_api_secret: str = DEV_API_SECRET
     livekit_url: str = "ws://localhost:7880"
@@ -81,15 +85,21 @@ class Config:
         """Build the config; process variables win over the `.env` file."""
         values: dict[str, str] = {}
         if env_file is not None and Path(env_file).is_file():
-            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+            values.update({k: v for k, v in _read_env_file(Path(env_file)).items() if v is not None})
         values.update(os.environ if environ is None else environ)
 
         def text(name: str, default: str) -> str:
-            return values.get(name, "").strip() or default
+            value = values.get(name, "").strip()
+            if not value.isascii() and not _is_utf8(value):
+                raise ConfigError(f"{name} is not valid UTF-8 text; set it again in UTF-8")
+            return value or default
 
         config = cls(
             server_port=_integer(values, "SERVER_PORT", 6080, low=1, high=65535),
             server_host=text("SERVER_HOST", ""),
+            max_connections=_integer(values, "MAX_CONNECTIONS", 0, low=0),
+            idle_timeout=_duration(text("IDLE_TIMEOUT", "10s"), "IDLE_TIMEOUT"),
+            body_timeout=_duration(text("BODY_TIMEOUT", "30s"), "BODY_TIMEOUT"),
             livekit_api_key=text("LIVEKIT_API_KEY", DEV_API_KEY),
             livekit_api_secret=text("LIVEKIT_API_SECRET", DEV_API_SECRET),
             livekit_url=text("LIVEKIT_URL", "ws://localhost:7880"),
@@ -109,8 +119,8 @@ class Config:
             events_replay=_integer(values, "EVENTS_REPLAY", 100, low=0),
             events_allowed_origins=_origins(text("EVENTS_ALLOWED_ORIGINS", "")),
             events_socket_queue=_integer(values, "EVENTS_SOCKET_QUEUE", 1_000, low=1),
-            events_redis_url=text("EVENTS_REDIS_URL", ""),
-            app_env=text("APP_ENV", "development").lower(),
+            events_redis_url=_redis_url(text("EVENTS_REDIS_URL", "")),
+            app_env=_choice(text("APP_ENV", "development").lower(), "APP_ENV", APP_ENVS),
             log_level=_choice(
                 text("LOG_LEVEL", "INFO").upper(), "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
@@ -168,7 +178,7 @@ def _integer(
     return number
 
 
-_DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+_DURATION = re.compile(r"^(\d{1,12})\s*([smhd]?)$", re.ASCII)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -176,8 +186,11 @@ def _duration(raw: str, name: str) -> timedelta:
     """Accept `3600`, `90s`, `30m`, `6h` or `1d`."""
     match = _DURATION.match(raw.lower())
     if not match or int(match.group(1)) == 0:
-        raise ConfigError(f"{name} must be a positive duration such as 3600, 30m or 6h, not {raw!r}")
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+        raise ConfigError(f"{name} must be a positive duration such as 3600, 30m or 6h, not {raw[:40]!r}")
+    try:
+        return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    except OverflowError:
+        raise ConfigError(f"{name} is far too long ({raw}); use a duration such as 30m or 6h") from None
 
 
 def _choice(raw: str, name: str, choices: tuple[str, ...]) -> str:
@@ -244,6 +257,37 @@ def _pattern(raw: str) -> str:
     except re.error as error:
         raise ConfigError(f"ROOM_NAME_PATTERN is not a valid regular expression: {error}") from None
     return raw
+
+
+def _is_utf8(value: str) -> bool:
+    # Environment bytes that are not UTF-8 arrive as lone surrogates, which nothing can encode.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _redis_url(raw: str) -> str:
+    if raw:
+        from redis.connection import parse_url
+
+        try:
+            parse_url(raw)  # type: ignore[no-untyped-call]
+        except ValueError as error:  # its messages never quote the URL (and its password)
+            raise ConfigError(f"EVENTS_REDIS_URL must be like redis://host:6379/0: {error}") from None
+    return raw
+
+
+def _read_env_file(path: Path) -> dict[str, str | None]:
+    try:
+        return dotenv_values(path)
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {path} ({error.strerror}); make it readable or remove it") from None
 
 
 def _origins(raw: str) -> tuple[str, ...]:

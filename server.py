@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+import sqlite3
+import sys
 import warnings
 from typing import Any
 
@@ -14,13 +17,16 @@ import tornado.httpserver
 import tornado.web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from livekit.api import LiveKitAPI
+from tornado.netutil import bind_sockets
 
 from config import PROJECT_DIR, Config, ConfigError
+from connections import Listener, default_max_connections, open_file_limit
 from eventlog import EventLog, open_event_log
 from handlers import rooms as rooms_handlers
 from handlers.base import NotFoundHandler, log_request
+from handlers.bodies import Application
 from handlers.events import CLOSE_GOING_AWAY, EventHistoryHandler, EventsSocketHandler
-from handlers.pages import HealthHandler, IndexHandler, VendorFileHandler
+from handlers.pages import HealthHandler, IndexHandler, StaticFileHandler, VendorFileHandler
 from handlers.ratelimit import RateLimiter
 from handlers.token import TokenHandler
 from handlers.webhook import WebhookHandler, WebhookVerifier
@@ -30,7 +36,15 @@ log = logging.getLogger("server")
 
 # Anything larger is cut at the connection; endpoints set their own, smaller limits.
 MAX_BODY_BYTES = 2 * 1024 * 1024
-SHUTDOWN_SECONDS = 4.0
+# The README promises an exit within 5 s of SIGTERM: requests in flight get this long to be
+# answered, idle connections and the store a little more.
+SHUTDOWN_SECONDS = 3.5
+CONNECTIONS_CLOSE_SECONDS = 0.5
+EXIT_CONFIG, EXIT_RUNTIME = 2, 1
+
+
+class StartupError(Exception):
+    """The server cannot start here; the message says what is wrong and what to set."""
 
 
 def make_app(
@@ -70,7 +84,7 @@ def make_app(
         *rooms_handlers.routes,
     ]
     jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
-    return tornado.web.Application(
+    return Application(
         routes,
         config=config,
         event_log=event_log,
@@ -78,6 +92,7 @@ def make_app(
         rooms=Rooms(config, event_log, livekit_api),
         jinja=jinja,
         static_path=str(PROJECT_DIR / "static"),
+        static_handler_class=StaticFileHandler,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         requests_in_flight=set(),
@@ -88,21 +103,53 @@ def make_app(
 
 
 def run() -> None:
-    """Read the config, then serve on the chosen event loop until SIGTERM or SIGINT."""
+    """Read the config, then serve on the chosen event loop until SIGTERM, SIGINT or SIGHUP.
+    What stops it from starting is one line: exit 2 for a setting, 1 for anything else."""
     try:
         config = Config.from_env()
     except ConfigError as error:
-        raise SystemExit(f"Configuration error: {error}") from None
+        print(f"Configuration error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if config.event_loop == "uvloop":
-        import uvloop
+    try:
+        if config.event_loop == "uvloop":
+            import uvloop
 
-        uvloop.run(main(config))
-    else:
-        asyncio.run(main(config))
+            uvloop.run(main(config))
+        else:
+            asyncio.run(main(config))
+    except StartupError as error:
+        log.error("Cannot start: %s", error)
+        raise SystemExit(EXIT_RUNTIME) from None
 
 
 async def main(config: Config) -> None:
+    sockets = listen(config)
+    livekit_api = open_livekit_api(config)
+    try:
+        app = make_app(config, livekit_api=livekit_api)
+        event_log: EventLog = app.settings["event_log"]
+        await event_log.start()
+        await app.settings["rooms"].start()
+    except (sqlite3.Error, OSError) as error:
+        for sock in sockets:
+            sock.close()
+        await livekit_api.aclose()
+        raise StartupError(
+            f"the event store {config.events_db} cannot be opened for writing ({error}): "
+            "set EVENTS_DB to a writable SQLite file, or move this file away if it is not one"
+        ) from None
+    # xheaders: X-Real-Ip / X-Forwarded-For become the client address, only behind a trusted proxy.
+    # idle_connection_timeout also bounds the time to send a request's headers (slow senders);
+    # handlers/bodies.py bounds the bodies.
+    server = tornado.httpserver.HTTPServer(
+        app,
+        max_body_size=MAX_BODY_BYTES,
+        xheaders=config.trust_proxy_headers,
+        idle_connection_timeout=config.idle_timeout.total_seconds(),
+    )
+    listener = Listener(server, sockets, max_connections(config))
+    listener.start()
     if config.uses_dev_credentials:
         log.warning(
             "Using the development API key and secret (devkey/secret): fine for a local "
@@ -110,35 +157,62 @@ async def main(config: Config) -> None:
         )
     elif len(config.livekit_api_secret) < 32:
         log.warning("LIVEKIT_API_SECRET is shorter than 32 characters; use a longer one")
-    app = make_app(config, livekit_api=open_livekit_api(config))
-    event_log: EventLog = app.settings["event_log"]
-    await event_log.start()
-    await app.settings["rooms"].start()
-    # xheaders: X-Real-Ip / X-Forwarded-For become the client address, only behind a trusted proxy.
-    server = tornado.httpserver.HTTPServer(
-        app, max_body_size=MAX_BODY_BYTES, xheaders=config.trust_proxy_headers
-    )
-    server.listen(config.server_port, address=config.server_host)
     log.info(
-        "Listening on http://localhost:%d (LiveKit at %s, events in %s)",
+        "Listening on http://localhost:%d (LiveKit at %s, events in %s, at most %d connections)",
         config.server_port,
         config.livekit_url,
         event_log.health()["store"],
+        listener.max_connections,
     )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    log.info("Shutting down")
-    await shutdown(server, app)
+    # SIGHUP too: a closed terminal or a supervisor's reload stops the server gracefully
+    # (there is no reload: the config is read once); unless started with it ignored (nohup).
+    stopped_by: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            asyncio.get_running_loop().add_signal_handler(signum, _stop, stopped_by, signum.name)
+    log.info("Shutting down (%s)", await stopped_by)
+    await shutdown(listener, server, app)
     log.info("Stopped")
 
 
-async def shutdown(server: tornado.httpserver.HTTPServer, app: tornado.web.Application) -> None:
+def _stop(stopped_by: asyncio.Future[str], signal_name: str) -> None:
+    if not stopped_by.done():
+        stopped_by.set_result(signal_name)
+
+
+def listen(config: Config) -> list[socket.socket]:
+    try:
+        return bind_sockets(config.server_port, config.server_host or None)
+    except OSError as error:
+        where = f"port {config.server_port} on {config.server_host or 'all interfaces'}"
+        raise StartupError(
+            f"{where} is not available ({error.strerror or error}): set SERVER_PORT to a free port "
+            "(and SERVER_HOST to an address of this machine, or leave it empty)"
+        ) from None
+
+
+def max_connections(config: Config) -> int:
+    file_limit = open_file_limit()
+    fitting = default_max_connections(file_limit)
+    if not config.max_connections:
+        return fitting
+    if config.max_connections > fitting:
+        log.warning(
+            "MAX_CONNECTIONS=%d is more than the open-file limit (%d, ulimit -n) leaves room for "
+            "(about %d): raise the limit or lower MAX_CONNECTIONS",
+            config.max_connections,
+            file_limit,
+            fitting,
+        )
+    return config.max_connections
+
+
+async def shutdown(
+    listener: Listener, server: tornado.httpserver.HTTPServer, app: tornado.web.Application
+) -> None:
     """Stop accepting, answer what is in flight, say goodbye to sockets, close the store."""
-    server.stop()
+    listener.stop()
     event_log: EventLog = app.settings["event_log"]
     event_log.close_sockets(CLOSE_GOING_AWAY, "Server shutting down")
     rooms: Rooms = app.settings["rooms"]
@@ -148,10 +222,10 @@ async def shutdown(server: tornado.httpserver.HTTPServer, app: tornado.web.Appli
     while in_flight and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.02)
     if in_flight:
-        log.warning("%d requests still unanswered after %.0f s", len(in_flight), SHUTDOWN_SECONDS)
+        log.warning("%d requests still unanswered after %.1f s", len(in_flight), SHUTDOWN_SECONDS)
     # Idle keep-alive connections and closing sockets are owed nothing more.
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(server.close_all_connections(), 0.5)
+        await asyncio.wait_for(server.close_all_connections(), CONNECTIONS_CLOSE_SECONDS)
     await event_log.close()
     await rooms.close()
     if app.settings["livekit_api"] is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,17 @@ CREATE TABLE IF NOT EXISTS events (
     event TEXT NOT NULL
 )
 """
+# Another process may hold the write lock (a backup, the sqlite3 shell): a write waits for
+# it this long, in short steps so that close() can stop the wait (SQLite's own cannot be).
+BUSY_SECONDS = 5.0
+BUSY_STEP_MS = 50
 _Row = tuple[int, int, str]
 _Pending = tuple[str, int, str, "asyncio.Future[Frame | None]"]
 
 
 class SqliteEventLog(EventLog):
+    _closing = False
+
     def __init__(self, path: str, keep: int, replay_count: int) -> None:
         super().__init__(replay_count)
         self.path = path
@@ -51,6 +58,7 @@ class SqliteEventLog(EventLog):
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
         db.execute(_SCHEMA)
+        db.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")  # from now on writes wait in _begin
         return db
 
     async def append(self, event_id: str, received_at: int, event_json: str) -> Frame | None:
@@ -86,7 +94,7 @@ class SqliteEventLog(EventLog):
     def _insert(self, rows: list[tuple[str, int, str]]) -> list[int | None]:
         seqs: list[int | None] = []
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        self._begin(db)
         try:
             for row in rows:
                 cursor = db.execute(
@@ -102,6 +110,17 @@ class SqliteEventLog(EventLog):
                 db.execute("ROLLBACK")
             raise
         return seqs
+
+    def _begin(self, db: sqlite3.Connection) -> None:
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                busy = error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or self._closing or time.monotonic() > deadline:
+                    raise
 
     async def read(self, since: str | None, limit: int) -> Replay:
         loop = asyncio.get_running_loop()
@@ -155,6 +174,9 @@ class SqliteEventLog(EventLog):
         return state
 
     async def close(self) -> None:
+        # Bounded: a write still waiting for another process's lock gives up now (503:
+        # what is not committed was not acknowledged) rather than wait out BUSY_SECONDS.
+        self._closing = True
         if self._writer is not None:
             await asyncio.shield(self._writer)
         await asyncio.get_running_loop().run_in_executor(self._thread, self._db.close)

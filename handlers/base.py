@@ -96,6 +96,9 @@ class AwaitingHandler(ApiHandler):
 
     def on_connection_close(self) -> None:
         self.settings["requests_in_flight"].discard(self)
+        # Tornado's own: a streamed body still being read ends with the connection, and so
+        # does the handler (else it would wait for the rest of the body for good).
+        super().on_connection_close()
 
 
 class NotFoundHandler(ApiHandler):
@@ -138,7 +141,8 @@ class CorsMixin(ApiHandler):
 
 
 class BodyHandler(ApiHandler):
-    """A POST endpoint with a bounded body of some JSON media type."""
+    """A POST endpoint with a bounded body of some JSON media type. Tornado reads such a
+    body whole before the handler runs: handlers/bodies.py stops reading at the limit."""
 
     max_body_bytes = 64 * 1024
     content_types: tuple[str, ...] = ("application/json",)
@@ -147,7 +151,7 @@ class BodyHandler(ApiHandler):
         if self.request.method != "POST":
             return
         declared = self.request.headers.get("Content-Length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+        if declared is not None and (not is_number(declared) or int(declared) > self.max_body_bytes):
             raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
         content_type = self.request.headers.get("Content-Type", "")
         media_type = content_type.split(";", 1)[0].strip().lower()
@@ -181,13 +185,26 @@ class StreamedBodyHandler(AwaitingHandler, BodyHandler):
         super().prepare()
 
     def data_received(self, chunk: bytes) -> None:
-        # The server's max_body_size cuts the connection further on.
         self._received += len(chunk)
         if self._received <= self.max_body_bytes:
             self._chunks.append(chunk)
+        elif not self._finished:
+            # A chunked body past the limit: answered now, and the connection closes
+            # after the answer instead of reading on.
+            self._chunks = []
+            too_large = ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
+            self.send_error(413, exc_info=(ApiError, too_large, None))
+
+    def on_connection_close(self) -> None:
+        self._chunks = []  # an aborted upload frees its buffers at once
+        super().on_connection_close()
 
     @property
     def raw_body(self) -> bytes:
         if self._received > self.max_body_bytes:
             raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
         return b"".join(self._chunks)
+
+
+def is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # int() also takes other scripts' digits

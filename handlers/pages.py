@@ -1,4 +1,4 @@
-"""GET / (the demo page), GET /healthz, and the vendored LiveKit JS client."""
+"""GET / (the demo page), GET /healthz, the page's static files and the vendored LiveKit JS client."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ class IndexHandler(tornado.web.RequestHandler):
         self.set_header("Content-Security-Policy", content_security_policy(config.livekit_url))
         self.finish(page)
 
+    head = get  # what GET answers, without the body (Tornado drops it)
+
 
 class HealthHandler(ApiHandler):
     """Liveness and readiness: non-200 while the event store is down, for load balancers."""
@@ -66,8 +68,19 @@ class HealthHandler(ApiHandler):
             status=status,
         )
 
+    head = get  # load balancers check with HEAD
 
-class VendorFileHandler(tornado.web.StaticFileHandler):
+
+class StaticFileHandler(tornado.web.StaticFileHandler):
+    """Tornado's, refusing a path no file can have (NUL) with 400 rather than failing on it."""
+
+    def parse_url_path(self, url_path: str) -> str:
+        if "\x00" in url_path:
+            raise tornado.web.HTTPError(400)
+        return super().parse_url_path(url_path)
+
+
+class VendorFileHandler(StaticFileHandler):
     """The npm-installed livekit-client, served from this origin (no CDN)."""
 
     def set_extra_headers(self, path: str) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ class ServerProcess:
         }
         self.log_path = log_dir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.preexec_fn: Callable[[], None] | None = None  # run in the child before the server
 
     @property
     def url(self) -> str:
@@ -57,6 +59,7 @@ class ServerProcess:
                 env=self.env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + timeout
         while True:

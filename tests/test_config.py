@@ -59,6 +59,12 @@ def test_process_environment_wins_over_the_env_file(tmp_path: Path) -> None:
         ("LIVEKIT_WEBHOOK_KEYS", "a:s1, b:", "entry 2 is not"),
         ("LIVEKIT_WEBHOOK_KEYS", "a:s1,a:s2", "gives key 'a' two different secrets"),
         ("LIVEKIT_WEBHOOK_KEYS", "devkey:other", "another secret than LIVEKIT_API_SECRET"),
+        ("TOKEN_TTL", "99999999999d", "TOKEN_TTL is far too long"),
+        ("APP_ENV", "prod", "APP_ENV must be one of development, production, not 'prod'"),
+        ("EVENTS_REDIS_URL", "localhost:6379", "EVENTS_REDIS_URL must be like redis://host:6379/0"),
+        ("MAX_CONNECTIONS", "-1", "MAX_CONNECTIONS must be between 0"),
+        ("IDLE_TIMEOUT", "0", "IDLE_TIMEOUT must be a positive duration"),
+        ("BODY_TIMEOUT", "soon", "BODY_TIMEOUT must be a positive duration"),
     ],
 )
 def test_bad_values_say_what_to_fix(variable: str, value: str, message: str) -> None:
@@ -105,3 +111,16 @@ def test_room_config_fields() -> None:
     assert Config.from_env({"TOKEN_ROOM_CONFIG_FIELDS": "none"}, env_file=None).token_room_config_fields == ()
     fields = Config.from_env({"TOKEN_ROOM_CONFIG_FIELDS": "agents, egress, agents.deployment"}, env_file=None)
     assert fields.token_room_config_fields == ("agents", "egress", "agents.deployment")
+
+
+def test_a_non_utf8_env_file_says_so(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(b"LIVEKIT_URL=ws://caf\xe9:7880\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        Config.from_env({}, env_file)
+
+
+def test_a_setting_that_is_not_utf8_says_so() -> None:
+    # How Python hands over environment bytes that are not UTF-8 (here 0xE9, Latin-1 é).
+    with pytest.raises(ConfigError, match="LIVEKIT_API_SECRET is not valid UTF-8"):
+        Config.from_env({"LIVEKIT_API_SECRET": "caf\udce9"}, env_file=None)

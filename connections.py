@@ -1,0 +1,149 @@
+"""Accepting connections: at most MAX_CONNECTIONS open at once, and a pause rather than a
+spin when the process runs out of file descriptors."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+import socket
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream
+
+log = logging.getLogger("server")
+
+# accept() failed for want of descriptors or memory: the connection stays queued in the
+# kernel, and the socket is not watched for this long (watching it would spin).
+PAUSE_SECONDS = 1.0
+WARN_EVERY_SECONDS = 60.0
+# Errors of the connection being accepted, not of the server: take the next one (accept(2)).
+_PEER_ERRORS = {
+    errno.ECONNABORTED,
+    errno.EPROTO,
+    errno.ENETDOWN,
+    errno.ENETUNREACH,
+    errno.EHOSTDOWN,
+    errno.EHOSTUNREACH,
+    errno.ENOPROTOOPT,
+    errno.ENONET,
+    errno.EOPNOTSUPP,
+}
+# Taken at most this many at a time, as Tornado does, so the loop serves others meanwhile.
+ACCEPT_BATCH = 128
+
+
+def open_file_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def default_max_connections(file_limit: int) -> int:
+    """Below the open-file limit, with room left for the store, logs and files being served."""
+    return max(1, file_limit - max(64, file_limit // 10))
+
+
+class Listener:
+    """Accepts on the listening sockets and hands each connection to the HTTP server,
+    counting them until their descriptor is closed (WebSockets included)."""
+
+    def __init__(self, server: HTTPServer, sockets: list[socket.socket], max_connections: int) -> None:
+        self.server = server
+        self.sockets = sockets
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self._io_loop = IOLoop.current()
+        self._watching = False
+        self._resting = False  # after an accept() failure, until the timer ends it
+        self._stopped = False
+        self._warned_at: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._watch(True)
+
+    def stop(self) -> None:
+        """Stop accepting and close the listening sockets; open connections stay."""
+        self._stopped = True
+        self._watch(False)
+        for sock in self.sockets:
+            sock.close()
+
+    def _watch(self, on: bool) -> None:
+        if on == self._watching or (on and self._stopped):
+            return
+        for sock in self.sockets:
+            if on:
+                self._io_loop.add_handler(sock, self._accept, IOLoop.READ)
+            else:
+                self._io_loop.remove_handler(sock)
+        self._watching = on
+
+    def _accept(self, sock: socket.socket, events: int) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if self.open_connections >= self.max_connections:
+                # Newcomers wait in the kernel's queue until a connection closes.
+                self._watch(False)
+                self._warn(
+                    "full",
+                    f"{self.open_connections} connections open (MAX_CONNECTIONS): "
+                    "new ones wait until some close",
+                )
+                return
+            try:
+                connection, address = sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno in _PEER_ERRORS:
+                    continue
+                self._rest(error)
+                return
+            self.open_connections += 1
+            stream = _CountedStream(connection, self)
+            try:
+                self.server.handle_stream(stream, address)
+            except Exception:
+                log.exception("Error in connection callback")
+                stream.close()
+
+    def _rest(self, error: OSError) -> None:
+        self._watch(False)
+        self._resting = True
+        self._io_loop.call_later(PAUSE_SECONDS, self._wake)
+        self._warn(
+            "accept",
+            f"Cannot accept connections ({error.strerror}) with {self.open_connections} open: "
+            f"pausing {PAUSE_SECONDS:.0f} s. Raise the open-file limit (ulimit -n) or lower "
+            "MAX_CONNECTIONS",
+        )
+
+    def _wake(self) -> None:
+        self._resting = False
+        if self.open_connections < self.max_connections:
+            self._watch(True)
+
+    def connection_closed(self) -> None:
+        self.open_connections -= 1
+        if not self._resting and self.open_connections < self.max_connections:
+            self._watch(True)
+
+    def _warn(self, kind: str, message: str) -> None:
+        # Once a minute at most: under a flood a line per connection would fill the disk.
+        now = self._io_loop.time()
+        if now - self._warned_at.get(kind, -WARN_EVERY_SECONDS) >= WARN_EVERY_SECONDS:
+            self._warned_at[kind] = now
+            log.warning("%s", message)
+
+
+class _CountedStream(IOStream):
+    def __init__(self, connection: socket.socket, listener: Listener, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        self._listener = listener
+
+    def close_fd(self) -> None:
+        try:
+            super().close_fd()
+        finally:
+            self._listener.connection_closed()
