@@ -2,15 +2,16 @@
 
 Tornado reads a body whole, up to the server's limit and for as long as the client takes,
 before a handler that is not streamed runs. Here every body must arrive within
-BODY_TIMEOUT, a BodyHandler's only up to its own max_body_bytes (the handler then answers
-413 and the connection closes instead of reading on), and an endpoint that takes no body
-gets at most NO_BODY_BYTES of one.
+BODY_TIMEOUT; a BodyHandler's body is read only up to the handler's max_body_bytes, past
+which the endpoint answers 413 (its own headers, CORS included) and the connection closes
+instead of reading on; an endpoint that takes no body gets at most NO_BODY_BYTES of one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import tornado.web
@@ -18,7 +19,7 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.ioloop import IOLoop
 
-from handlers.base import BodyHandler, StreamedBodyHandler, is_number
+from handlers.base import ApiError, BodyHandler, StreamedBodyHandler, is_number
 
 log = logging.getLogger(__name__)
 
@@ -44,37 +45,62 @@ class Application(tornado.web.Application):
             connection, HTTP1Connection
         ):
             return delegate  # no body
-        limit: int | None = None  # streamed handlers bound their bodies themselves
+        timeout = self.settings["config"].body_timeout.total_seconds()
         if not issubclass(target_class, BodyHandler):
             connection.set_max_body_size(NO_BODY_BYTES)
-        elif not issubclass(target_class, StreamedBodyHandler):
-            limit = target_class.max_body_bytes
-        declared_over = (
-            limit is not None and declared is not None and is_number(declared) and int(declared) > limit
-        )
-        timeout = self.settings["config"].body_timeout.total_seconds()
-        return BoundedBody(delegate, connection, limit, declared_over, timeout)
+            return BoundedBody(delegate, connection, timeout)
+        if issubclass(target_class, StreamedBodyHandler):
+            return BoundedBody(delegate, connection, timeout)  # it bounds its body's size itself
+
+        def refusal() -> httputil.HTTPMessageDelegate:
+            refusing = too_large(target_class)
+            return super(Application, self).get_handler_delegate(
+                request, refusing, target_kwargs, path_args, path_kwargs
+            )
+
+        limit = target_class.max_body_bytes
+        declared_over = declared is not None and is_number(declared) and int(declared) > limit
+        return BoundedBody(delegate, connection, timeout, limit, refusal, declared_over)
+
+
+_too_large: dict[type[BodyHandler], type[BodyHandler]] = {}
+
+
+def too_large(handler_class: type[BodyHandler]) -> type[BodyHandler]:
+    """The endpoint's own handler (its headers, CORS included), refusing before anything else."""
+    refusing = _too_large.get(handler_class)
+    if refusing is None:
+
+        def prepare(self: BodyHandler) -> None:
+            raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
+
+        refusing = type(f"{handler_class.__name__}BodyTooLarge", (handler_class,), {"prepare": prepare})
+        _too_large[handler_class] = refusing
+    return refusing
 
 
 class BoundedBody(httputil.HTTPMessageDelegate):
-    """Stands before Tornado's delegate of a request with a body. Past `limit` (declared or
-    received) the handler runs at once on what came, refuses it, and the connection closes
-    after its answer; past the deadline the connection is closed."""
+    """Stands before Tornado's delegate of a request with a body: closes the connection
+    when the body is not all there by the deadline and, with a `limit`, hands the request
+    to `refusal` (a 413; the connection closes after it) once the body is declared or
+    found larger, dropping what was received."""
 
     def __init__(
         self,
         delegate: httputil.HTTPMessageDelegate,
         connection: HTTP1Connection,
-        limit: int | None,
-        declared_over: bool,
         timeout: float,
+        limit: int | None = None,
+        refusal: Callable[[], httputil.HTTPMessageDelegate] | None = None,
+        declared_over: bool = False,
     ) -> None:
         self.delegate = delegate
         self.connection = connection
         self.limit = limit
+        self.refusal = refusal
         self.declared_over = declared_over
         self.received = 0
-        self.handed_over = False
+        self.refused = False
         # A timer, not Tornado's body_timeout: that wraps every body read in a task of its
         # own, which cost /token far more (measured) than this.
         self.io_loop = IOLoop.current()
@@ -85,36 +111,40 @@ class BoundedBody(httputil.HTTPMessageDelegate):
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
     ) -> Any:
-        result = self.delegate.headers_received(start_line, headers)
+        self.start_line, self.headers = start_line, headers
         if self.declared_over:
-            self.hand_over()  # BodyHandler.prepare refuses it from its Content-Length
-            # Tornado reads on once this returns: one turn of the loop lets the handler,
+            self.refuse()
+            # Tornado reads on once this returns: one turn of the loop lets the refusal,
             # scheduled first, answer before (no `100 Continue`, no byte of the body read).
             return asyncio.sleep(0)
-        return result
+        return self.delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Any:
-        if self.handed_over:
+        if self.refused:
             return None
         self.received += len(chunk)
-        result = self.delegate.data_received(chunk)
         if self.limit is not None and self.received > self.limit:
-            self.hand_over()  # BodyHandler.raw_body refuses it from its length
-        return result
+            self.refuse()
+            return None
+        return self.delegate.data_received(chunk)
 
     def finish(self) -> None:
         self.io_loop.remove_timeout(self.deadline)
-        if not self.handed_over:
+        if not self.refused:
             self.delegate.finish()
 
     def on_connection_close(self) -> None:
         self.io_loop.remove_timeout(self.deadline)
         self.delegate.on_connection_close()
 
-    def hand_over(self) -> None:
+    def refuse(self) -> None:
+        assert self.refusal is not None
         self.io_loop.remove_timeout(self.deadline)
-        self.handed_over = True
-        self.delegate.finish()
+        self.refused = True
+        self.delegate.on_connection_close()  # drops what the endpoint's delegate holds
+        self.delegate = self.refusal()
+        self.delegate.headers_received(self.start_line, self.headers)
+        self.delegate.finish()  # runs the refusing handler; no body
 
     def too_slow(self) -> None:
         log.debug("closing a connection whose request body did not arrive within BODY_TIMEOUT")

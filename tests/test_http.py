@@ -232,6 +232,22 @@ async def test_a_declared_oversized_token_body_is_refused_before_it_is_sent(
     writer.close()
 
 
+@pytest.mark.settings(admin_secret="a" * 32)
+@pytest.mark.gen_test
+async def test_an_oversized_admin_body_is_refused_not_run_without_it(
+    http_port: int, http_server: Any, http_client: Any, base_url: str
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(
+        b"POST /rooms/R/participants/bob/remove HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + b"a" * 32 + b"\r\nContent-Length: 100000\r\n\r\n"
+    )
+    await writer.drain()
+    status, _, body = await read_answer(reader)
+    assert status.startswith(b"HTTP/1.1 413"), body  # not a removal without the ban it asked for
+    writer.close()
+
+
 @pytest.mark.parametrize(("path", "limit"), [("/token", 64 * 1024), ("/livekit/webhook", 1024 * 1024)])
 @pytest.mark.gen_test
 async def test_a_chunked_body_is_cut_at_the_limit(
