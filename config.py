@@ -59,6 +59,8 @@ class Config:
     events_allowed_origins: tuple[str, ...] = ()
     events_socket_queue: int = 1_000
     events_redis_url: str = ""
+    events_auth_secret: str = ""
+    events_send_timeout: timedelta = timedelta(seconds=20)
     app_env: str = "development"
     event_loop: str = "uvloop"
     log_level: str = "INFO"
@@ -120,6 +122,8 @@ class Config:
             events_allowed_origins=_origins(text("EVENTS_ALLOWED_ORIGINS", "")),
             events_socket_queue=_integer(values, "EVENTS_SOCKET_QUEUE", 1_000, low=1),
             events_redis_url=_redis_url(text("EVENTS_REDIS_URL", "")),
+            events_auth_secret=_bearer_secret(text("EVENTS_AUTH_SECRET", ""), "EVENTS_AUTH_SECRET"),
+            events_send_timeout=_duration(text("EVENTS_SEND_TIMEOUT", "20s"), "EVENTS_SEND_TIMEOUT"),
             app_env=_choice(text("APP_ENV", "development").lower(), "APP_ENV", APP_ENVS),
             log_level=_choice(
                 text("LOG_LEVEL", "INFO").upper(), "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -161,6 +165,8 @@ class Config:
                     f"APP_ENV=production needs real secrets: the secret of {key!r} in "
                     "LIVEKIT_WEBHOOK_KEYS must be 32 characters or more"
                 )
+        if self.events_auth_secret and len(self.events_auth_secret) < 32:
+            raise ConfigError("APP_ENV=production needs an EVENTS_AUTH_SECRET of 32 characters or more")
 
 
 def _integer(
@@ -288,6 +294,16 @@ def _read_env_file(path: Path) -> dict[str, str | None]:
         ) from None
     except OSError as error:
         raise ConfigError(f"cannot read {path} ({error.strerror}); make it readable or remove it") from None
+
+
+_BEARER_SECRET = re.compile(r"[A-Za-z0-9._~-]+", re.ASCII)
+
+
+def _bearer_secret(raw: str, name: str) -> str:
+    # Browsers send it as a WebSocket subprotocol, which allows only these characters.
+    if raw and not _BEARER_SECRET.fullmatch(raw):
+        raise ConfigError(f"{name} may contain only letters, digits and . _ ~ - (try: openssl rand -hex 32)")
+    return raw
 
 
 def _origins(raw: str) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from eventlog import EventLog, open_event_log
 from handlers import rooms as rooms_handlers
 from handlers.base import NotFoundHandler, log_request
 from handlers.bodies import Application
+from handlers.broadcast import Broadcaster
 from handlers.events import CLOSE_GOING_AWAY, EventHistoryHandler, EventsSocketHandler
 from handlers.pages import HealthHandler, IndexHandler, StaticFileHandler, VendorFileHandler
 from handlers.ratelimit import RateLimiter
@@ -55,6 +56,8 @@ def make_app(
     # PyJWT warns on every signature with a short key; main() warns once instead.
     warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
     event_log = event_log or open_event_log(config)
+    broadcaster = Broadcaster()  # the one owner of the event sockets; the store tells it what is new
+    event_log.add_listener(broadcaster)
     verifier = WebhookVerifier(config.livekit_api_key, config.livekit_api_secret, config.livekit_webhook_keys)
     webhook = (WebhookHandler, {"event_log": event_log, "verifier": verifier})
     # Tried in order: the busiest endpoint first.
@@ -68,9 +71,9 @@ def make_app(
         (r"/", IndexHandler),
         (r"/livekit/webhook", *webhook),
         (r"/webhook", *webhook),
-        (r"/events", EventsSocketHandler, {"event_log": event_log}),
+        (r"/events", EventsSocketHandler, {"event_log": event_log, "broadcaster": broadcaster}),
         (r"/events/history", EventHistoryHandler, {"event_log": event_log}),
-        (r"/healthz", HealthHandler, {"event_log": event_log}),
+        (r"/healthz", HealthHandler, {"event_log": event_log, "broadcaster": broadcaster}),
         (
             r"/vendor/livekit-client/(.*)",
             VendorFileHandler,
@@ -88,6 +91,7 @@ def make_app(
         routes,
         config=config,
         event_log=event_log,
+        broadcaster=broadcaster,
         livekit_api=livekit_api,
         rooms=Rooms(config, event_log, livekit_api),
         jinja=jinja,
@@ -157,11 +161,13 @@ async def main(config: Config) -> None:
         )
     elif len(config.livekit_api_secret) < 32:
         log.warning("LIVEKIT_API_SECRET is shorter than 32 characters; use a longer one")
+    if config.app_env == "production" and not config.events_auth_secret:
+        log.warning("WS /events and /events/history are off: in production they need EVENTS_AUTH_SECRET")
     log.info(
         "Listening on http://localhost:%d (LiveKit at %s, events in %s, at most %d connections)",
         config.server_port,
         config.livekit_url,
-        event_log.health()["store"],
+        event_log.kind,
         listener.max_connections,
     )
 
@@ -214,7 +220,7 @@ async def shutdown(
     """Stop accepting, answer what is in flight, say goodbye to sockets, close the store."""
     listener.stop()
     event_log: EventLog = app.settings["event_log"]
-    event_log.close_sockets(CLOSE_GOING_AWAY, "Server shutting down")
+    app.settings["broadcaster"].close_all(CLOSE_GOING_AWAY, "Server shutting down")
     rooms: Rooms = app.settings["rooms"]
     await rooms.stop()
     in_flight: set[Any] = app.settings["requests_in_flight"]

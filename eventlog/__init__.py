@@ -1,11 +1,11 @@
-"""The webhook event log: durable, replayable by cursor, fanned out to sockets."""
+"""The webhook event log: durable, read back by cursor a page at a time."""
 
 from __future__ import annotations
 
 from config import Config
-from eventlog.base import EventLog, Frame, Replay, StoreUnavailable, Subscriber
+from eventlog.base import START, Entry, EventLog, Listener, Page, StoreUnavailable
 
-__all__ = ["EventLog", "Frame", "Replay", "StoreUnavailable", "Subscriber", "open_event_log"]
+__all__ = ["START", "Entry", "EventLog", "Listener", "Page", "StoreUnavailable", "open_event_log"]
 
 
 def open_event_log(config: Config) -> EventLog:
@@ -13,7 +13,7 @@ def open_event_log(config: Config) -> EventLog:
     if config.events_redis_url:
         from eventlog.redis import RedisEventLog
 
-        return RedisEventLog(config.events_redis_url, config.events_keep, config.events_replay)
+        return RedisEventLog(config.events_redis_url, config.events_keep)
     from eventlog.sqlite import SqliteEventLog
 
-    return SqliteEventLog(config.events_db, config.events_keep, config.events_replay)
+    return SqliteEventLog(config.events_db, config.events_keep)

@@ -1,18 +1,30 @@
 """The event log seam: what the handlers see, whichever store runs underneath.
 
 A store appends verified webhook events, gives each a cursor, keeps the newest
-ones, replays them by cursor, and hands every new one to the local fan-out.
+ones and reads them back a bounded page at a time. It knows nothing of sockets:
+it tells its listeners (the broadcaster) about each new entry once it is durable.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-import struct
+import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
+log = logging.getLogger(__name__)
+
+# LiveKit retries a webhook within minutes; an event id is remembered this long,
+# whatever EVENTS_KEEP keeps, so a late retry is still recognised.
+SEEN_SECONDS = 86_400
+
+# The cursor before the first event of any log: `since=0` asks for everything kept.
+START = "0"
+_CURSOR = re.compile(r"([0-9a-f]{12})\.(\d{1,20})(?:-(\d{1,20}))?", re.ASCII)
+_MAX_PART = 2**64 - 1
 
 
 class StoreUnavailable(Exception):
@@ -20,107 +32,117 @@ class StoreUnavailable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Frame:
-    """One event as sent on the wire, serialised once for every socket."""
+class Entry:
+    """One stored event, as the store gives it back."""
 
-    order: tuple[int, int]  # comparable position of the cursor in the log
-    cursor: str
-    data: bytes  # {"cursor", "receivedAt", "event"} as UTF-8 JSON
-    wire: bytes  # the whole WebSocket text frame: header and data
-
-
-def make_frame(order: tuple[int, int], cursor: str, received_at: int, event_json: str) -> Frame:
-    data = f'{{"cursor":"{cursor}","receivedAt":{received_at},"event":{event_json}}}'.encode()
-    return Frame(order, cursor, data, websocket_text_frame(data))
-
-
-def websocket_text_frame(data: bytes) -> bytes:
-    """A final, unmasked, uncompressed text frame (RFC 6455 5.2): what a server sends
-    every client alike, so it is built once per event rather than once per socket."""
-    size = len(data)
-    if size < 126:
-        header = struct.pack("!BB", 0x81, size)
-    elif size <= 0xFFFF:
-        header = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + data
-
-
-def notice(code: str, message: str, **details: Any) -> bytes:
-    """A frame that is not an event: it has `notice` and no `cursor`."""
-    return orjson.dumps({"notice": code, "message": message, **details})
+    order: tuple[int, int]  # its position in the log, comparable within one log
+    cursor: str  # opaque to clients: `<log id>.<position>`
+    received_at: int  # milliseconds since the epoch
+    event_json: str  # LiveKit's event, as stored
 
 
 @dataclass(frozen=True, slots=True)
-class Replay:
-    notice: bytes | None  # set when the replay cannot be what the client asked for
-    frames: list[Frame]
+class Page:
+    """A bounded run of entries after a cursor, and what the reader must be told."""
+
+    entries: list[Entry]
+    more: bool = False  # the page was cut (count or bytes): read on from `resume`
+    resume: str | None = None  # where the next page starts (past skipped foreign entries too)
+    unknown_cursor: bool = False  # the cursor is not one of this log's: nothing was read
+    oldest_kept: str | None = None  # set when entries after the cursor were already dropped
 
 
-class Subscriber(Protocol):
-    def deliver(self, frame: Frame) -> None: ...
-    def tell(self, notice_data: bytes) -> None: ...
-    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+class Listener(Protocol):
+    """Told by a store about each new entry, in log order, once it is durable."""
+
+    def entries_added(self, entries: Sequence[Entry]) -> None: ...
+    def store_state_changed(self, available: bool) -> None: ...
+
+
+def new_log_id() -> str:
+    """Made once when a store is created and kept in it: part of every cursor, so a
+    cursor of another log (a deleted file, a wiped Redis) is recognised as foreign."""
+    return secrets.token_hex(6)
+
+
+def make_cursor(log_id: str, position: str) -> str:
+    return f"{log_id}.{position}"
+
+
+def parse_cursor(cursor: str) -> tuple[str, tuple[int, int]] | None:
+    """`(log id, position)` of `<log id>.N` or `<log id>.MS-SEQ`; `START` is position 0
+    of every log (log id ""); None for anything else, parts beyond 64 bits included."""
+    if cursor == START:
+        return "", (0, 0)
+    match = _CURSOR.fullmatch(cursor)
+    if match is None:
+        return None
+    position = int(match.group(2)), int(match.group(3) or 0)
+    if max(position) > _MAX_PART:
+        return None
+    return match.group(1), position
 
 
 class EventLog(ABC):
-    """Base of every store: keeps this process's subscribers and fans out to them."""
+    """Base of every store: keeps its listeners and tells them what was added."""
 
-    def __init__(self, replay_count: int) -> None:
-        self.replay_count = replay_count
-        self._subscribers: set[Subscriber] = set()
+    kind = ""  # "sqlite" or "redis", for /healthz and the start-up line
 
-    def subscribe(self, subscriber: Subscriber) -> None:
-        self._subscribers.add(subscriber)
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
 
-    def unsubscribe(self, subscriber: Subscriber) -> None:
-        self._subscribers.discard(subscriber)
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
 
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._subscribers)
+    def _entries_added(self, entries: Sequence[Entry]) -> None:
+        for listener in self._listeners:
+            try:
+                listener.entries_added(entries)
+            except Exception:  # one broken listener must not stop the store or the others
+                log.exception("event listener %r failed", listener)
 
-    def _publish(self, frame: Frame) -> None:
-        # A subscriber may drop itself while we iterate: iterate over a copy.
-        for subscriber in tuple(self._subscribers):
-            subscriber.deliver(frame)
-
-    def _tell_all(self, notice_data: bytes) -> None:
-        for subscriber in tuple(self._subscribers):
-            subscriber.tell(notice_data)
-
-    def close_sockets(self, code: int, reason: str) -> None:
-        for subscriber in tuple(self._subscribers):
-            subscriber.close(code, reason)
+    def _state_changed(self, available: bool) -> None:
+        for listener in self._listeners:
+            try:
+                listener.store_state_changed(available)
+            except Exception:
+                log.exception("event listener %r failed", listener)
 
     async def start(self) -> None:  # noqa: B027 - a store with no background work keeps this
         """Connect and start background work; called once the event loop runs."""
 
     @abstractmethod
-    async def append(self, event_id: str, received_at: int, event_json: str) -> Frame | None:
-        """Store durably, then publish. None when the id was stored before.
+    async def append(self, event_id: str, received_at: int, event_json: str) -> str | None:
+        """Store durably and return the new entry's cursor; None when this event id was
+        stored before. Listeners hear of the entry once it is durable.
 
         Raises StoreUnavailable when nothing could be stored."""
 
     @abstractmethod
-    async def read(self, since: str | None, limit: int) -> Replay:
-        """Events after `since` in order (at most `limit`), or the newest `limit`."""
+    async def read(self, since: str | None, limit: int, max_bytes: int) -> Page:
+        """At most `limit` entries after `since` in log order, cut once they pass
+        `max_bytes` (never fewer than one); `since` None reads from the oldest kept.
+
+        Raises StoreUnavailable when the store cannot be read."""
+
+    @abstractmethod
+    async def newest_start(self, count: int) -> str | None:
+        """The cursor after which the newest `count` entries follow; None when fewer
+        are kept (read from the oldest)."""
 
     @abstractmethod
     def health(self) -> dict[str, Any]:
-        """`{"store": name, "ok": bool, ...}` for /healthz."""
+        """`{"store": kind, "ok": bool}` for /healthz; the details go to the log."""
 
     @abstractmethod
     async def close(self) -> None: ...
 
 
-_CURSOR = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?", re.ASCII)
-
-
-def parse_cursor(cursor: str) -> tuple[int, int] | None:
-    """Cursors are `N` (SQLite row) or `MS-SEQ` (Redis stream id); None if neither."""
-    match = _CURSOR.fullmatch(cursor)
-    if match is None:
-        return None
-    return int(match.group(1)), int(match.group(2) or 0)
+def within_bytes(entries: list[Entry], max_bytes: int) -> list[Entry]:
+    """The leading entries whose events fit in `max_bytes`, at least one."""
+    total = 0
+    for index, entry in enumerate(entries):
+        total += len(entry.event_json)
+        if total > max_bytes and index > 0:
+            return entries[:index]
+    return entries

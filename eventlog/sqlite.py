@@ -1,22 +1,33 @@
 """The embedded default store: one SQLite file in WAL mode.
 
-All database work runs on one thread of its own so the event loop never waits
-on a disk flush. Appends that arrive while a commit is in progress are written
-together in the next transaction (group commit): one fsync for many webhooks,
-and each webhook is answered only after the commit that holds it.
+Writes run on one thread of their own so the event loop never waits on a disk
+flush. Appends that arrive while a commit is in progress are written together in
+the next transaction (group commit): one fsync for many webhooks, and each webhook
+is answered only after the commit that holds it. Reads run on another thread with
+their own connection: in WAL mode they see the last commit and never hold up a write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from eventlog.base import EventLog, Frame, Replay, StoreUnavailable, make_frame, notice, parse_cursor
+from eventlog.base import (
+    SEEN_SECONDS,
+    Entry,
+    EventLog,
+    Page,
+    StoreUnavailable,
+    make_cursor,
+    new_log_id,
+    parse_cursor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,43 +37,93 @@ CREATE TABLE IF NOT EXISTS events (
     event_id TEXT NOT NULL UNIQUE,
     received_at INTEGER NOT NULL,
     event TEXT NOT NULL
-)
+);
+-- Event ids of the last SEEN_SECONDS, kept or not: LiveKit's retries are recognised.
+CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, seen_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_by_time ON seen (seen_at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 # Another process may hold the write lock (a backup, the sqlite3 shell): a write waits for
 # it this long, in short steps so that close() can stop the wait (SQLite's own cannot be).
 BUSY_SECONDS = 5.0
 BUSY_STEP_MS = 50
-_Row = tuple[int, int, str]
-_Pending = tuple[str, int, str, "asyncio.Future[Frame | None]"]
+_PRUNE_EVERY_SECONDS = 60
+_Pending = tuple[str, int, str, "asyncio.Future[str | None]"]
+
+
+class FileReplaced(sqlite3.Error):
+    """EVENTS_DB no longer names the file this store writes to."""
 
 
 class SqliteEventLog(EventLog):
+    kind = "sqlite"
     _closing = False
 
-    def __init__(self, path: str, keep: int, replay_count: int) -> None:
-        super().__init__(replay_count)
+    def __init__(self, path: str, keep: int) -> None:
+        super().__init__()
         self.path = path
         self.keep = keep
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-events")
-        self._db = self._thread.submit(self._open).result()
+        self.in_memory = path == ":memory:"
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-events-write")
+        self._db = self._writer_thread.submit(self._open_writer).result()
+        if self.in_memory:
+            # Another connection would open another, empty database: reads share the
+            # writer's. Pages are bounded and in memory, so they cost a write little.
+            self._reader_thread, self._reader_db = self._writer_thread, self._db
+        else:
+            self._reader_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-events-read")
+            self._reader_db = self._reader_thread.submit(self._connect).result()
         self._pending: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
         self._last_error = ""
+        self._replaced = False
+        self._pruned_at = 0.0
 
-    def _open(self) -> sqlite3.Connection:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+    def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    def _open_writer(self) -> sqlite3.Connection:
+        if not self.in_memory:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = self._connect()
         db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before the webhook gets its 200.
         db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.execute(_SCHEMA)
+        db.executescript(_SCHEMA)
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', ?)", (new_log_id(),))
+        self.log_id: str = db.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()[0]
+        db.execute("COMMIT")
+        # Which file this is: a commit is acknowledged only while EVENTS_DB still names it.
+        self._file = self._identity()
         db.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")  # from now on writes wait in _begin
         return db
 
-    async def append(self, event_id: str, received_at: int, event_json: str) -> Frame | None:
-        future: asyncio.Future[Frame | None] = asyncio.get_running_loop().create_future()
+    def _identity(self) -> tuple[int, int] | None:
+        if self.in_memory:
+            return None
+        try:
+            status = os.stat(self.path)
+        except OSError:
+            return (-1, -1)
+        return status.st_dev, status.st_ino
+
+    def _check_file(self) -> None:
+        if self._replaced or self._identity() != self._file:
+            if not self._replaced:
+                self._replaced = True
+                log.error(
+                    "EVENTS_DB %s was deleted or replaced while the server ran: webhooks now get 503 "
+                    "(nothing is acknowledged into a file no one will read). Restart the server; "
+                    "see the README, 'When the event store fails'",
+                    self.path,
+                )
+            raise FileReplaced(f"{self.path} was deleted or replaced")
+
+    async def append(self, event_id: str, received_at: int, event_json: str) -> str | None:
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._pending.append((event_id, received_at, event_json, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending())
@@ -74,7 +135,7 @@ class SqliteEventLog(EventLog):
             batch, self._pending = self._pending, []
             rows = [(event_id, received_at, event_json) for event_id, received_at, event_json, _ in batch]
             try:
-                seqs = await loop.run_in_executor(self._thread, self._insert, rows)
+                seqs = await loop.run_in_executor(self._writer_thread, self._insert, rows)
             except sqlite3.Error as error:
                 self._last_error = str(error)
                 log.error("event store write failed, %d webhooks answered 503: %s", len(batch), error)
@@ -83,32 +144,48 @@ class SqliteEventLog(EventLog):
                         future.set_exception(StoreUnavailable(str(error)))
                 continue
             self._last_error = ""
-            # Publish in commit order, before answering, so a socket never sees a gap.
-            for (_, received_at, event_json, future), seq in zip(batch, seqs, strict=True):
-                frame = None if seq is None else make_frame((seq, 0), str(seq), received_at, event_json)
-                if frame is not None:
-                    self._publish(frame)
+            entries = [
+                Entry((seq, 0), make_cursor(self.log_id, str(seq)), received_at, event_json)
+                for (_, received_at, event_json, _), seq in zip(batch, seqs, strict=True)
+                if seq is not None
+            ]
+            # Listeners hear in commit order, before the webhooks are answered.
+            if entries:
+                self._entries_added(entries)
+            for (*_, future), seq in zip(batch, seqs, strict=True):
                 if not future.done():
-                    future.set_result(frame)
+                    future.set_result(None if seq is None else make_cursor(self.log_id, str(seq)))
 
     def _insert(self, rows: list[tuple[str, int, str]]) -> list[int | None]:
+        self._check_file()
         seqs: list[int | None] = []
         db = self._db
+        now = time.time()
         self._begin(db)
         try:
-            for row in rows:
+            for event_id, received_at, event_json in rows:
+                seen = db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (event_id, int(now * 1000)))
+                if seen.rowcount != 1:
+                    seqs.append(None)  # seen within SEEN_SECONDS, kept or not
+                    continue
                 cursor = db.execute(
-                    "INSERT OR IGNORE INTO events (event_id, received_at, event) VALUES (?, ?, ?)", row
+                    "INSERT OR IGNORE INTO events (event_id, received_at, event) VALUES (?, ?, ?)",
+                    (event_id, received_at, event_json),
                 )
                 seqs.append(cursor.lastrowid if cursor.rowcount == 1 else None)
             newest = max((seq for seq in seqs if seq is not None), default=0)
             if newest > self.keep:
                 db.execute("DELETE FROM events WHERE seq <= ?", (newest - self.keep,))
+            if now - self._pruned_at > _PRUNE_EVERY_SECONDS:
+                self._pruned_at = now
+                db.execute("DELETE FROM seen WHERE seen_at < ?", (int((now - SEEN_SECONDS) * 1000),))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        # Committed, but into the file EVENTS_DB names? If not, nothing is acknowledged.
+        self._check_file()
         return seqs
 
     def _begin(self, db: sqlite3.Connection) -> None:
@@ -122,56 +199,77 @@ class SqliteEventLog(EventLog):
                 if not busy or self._closing or time.monotonic() > deadline:
                     raise
 
-    async def read(self, since: str | None, limit: int) -> Replay:
+    async def read(self, since: str | None, limit: int, max_bytes: int) -> Page:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._thread, self._read, since, limit)
+            return await loop.run_in_executor(self._reader_thread, self._read, since, limit, max_bytes)
+        except sqlite3.Error as error:
+            log.error("event store read failed: %s", error)
+            raise StoreUnavailable(str(error)) from error
+
+    def _read(self, since: str | None, limit: int, max_bytes: int) -> Page:
+        db = self._reader_db
+        db.execute("BEGIN")  # one snapshot for the checks and the rows
+        try:
+            return self._read_in_snapshot(db, since, limit, max_bytes)
+        finally:
+            db.execute("COMMIT")
+
+    def _read_in_snapshot(
+        self, db: sqlite3.Connection, since: str | None, limit: int, max_bytes: int
+    ) -> Page:
+        after = 0
+        if since is not None:
+            parsed = parse_cursor(since)
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            last_seq = row[0] if row else 0
+            if parsed is None or parsed[0] not in ("", self.log_id) or parsed[1][1] != 0:
+                return Page([], unknown_cursor=True)
+            after = parsed[1][0]
+            if after > last_seq:
+                return Page([], unknown_cursor=True)
+        entries: list[Entry] = []
+        total = 0
+        more = False
+        rows = db.execute(
+            "SELECT seq, received_at, event FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit + 1),
+        )
+        for seq, received_at, event_json in rows:
+            total += len(event_json)
+            if len(entries) == limit or (entries and total > max_bytes):
+                more = True
+                break
+            entries.append(Entry((seq, 0), make_cursor(self.log_id, str(seq)), received_at, event_json))
+        rows.close()
+        oldest_kept = None
+        if since is not None:
+            oldest = db.execute("SELECT min(seq) FROM events").fetchone()[0]
+            if oldest is not None and oldest > after + 1:
+                oldest_kept = make_cursor(self.log_id, str(oldest))
+        resume = entries[-1].cursor if entries else None
+        return Page(entries, more=more, resume=resume, oldest_kept=oldest_kept)
+
+    async def newest_start(self, count: int) -> str | None:
+        def newest() -> str | None:
+            row = self._reader_db.execute(
+                "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?", (count,)
+            ).fetchone()
+            return None if row is None else make_cursor(self.log_id, str(row[0]))
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader_thread, newest)
         except sqlite3.Error as error:
             raise StoreUnavailable(str(error)) from error
 
-    def _read(self, since: str | None, limit: int) -> Replay:
-        db = self._db
-        if since is None:
-            return Replay(
-                None,
-                self._frames(
-                    db.execute(
-                        "SELECT * FROM (SELECT seq, received_at, event FROM events ORDER BY seq DESC LIMIT ?)"
-                        " ORDER BY seq",
-                        (limit,),
-                    )
-                ),
-            )
-        position = parse_cursor(since)
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        last_seq = row[0] if row else 0
-        if position is None or position[1] != 0 or position[0] > last_seq:
-            newest = self._read(None, limit)
-            message = "This cursor is not one of this server's; sending the newest events instead"
-            return Replay(notice("unknown_cursor", message, since=since), newest.frames)
-        after = position[0]
-        frames = self._frames(
-            db.execute(
-                "SELECT seq, received_at, event FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit),
-            )
-        )
-        oldest = db.execute("SELECT min(seq) FROM events").fetchone()[0]
-        if oldest is not None and oldest > after + 1:
-            message = f"Events after {since} up to {oldest - 1} are no longer kept; sending what is"
-            trimmed = notice("history_trimmed", message, since=since, oldestCursor=str(oldest))
-            return Replay(trimmed, frames)
-        return Replay(None, frames)
-
-    @staticmethod
-    def _frames(rows: Any) -> list[Frame]:
-        return [make_frame((seq, 0), str(seq), received_at, event) for seq, received_at, event in rows]
-
     def health(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"store": "sqlite", "ok": not self._last_error}
-        if self._last_error:
-            state["error"] = self._last_error
-        return state
+        replaced = self._replaced
+        if not replaced:
+            try:
+                self._check_file()
+            except FileReplaced:
+                replaced = True
+        return {"store": self.kind, "ok": not self._last_error and not replaced}
 
     async def close(self) -> None:
         # Bounded: a write still waiting for another process's lock gives up now (503:
@@ -179,5 +277,9 @@ class SqliteEventLog(EventLog):
         self._closing = True
         if self._writer is not None:
             await asyncio.shield(self._writer)
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._db.close)
-        self._thread.shutdown(wait=True)
+        loop = asyncio.get_running_loop()
+        if self._reader_db is not self._db:
+            await loop.run_in_executor(self._reader_thread, self._reader_db.close)
+            self._reader_thread.shutdown(wait=True)
+        await loop.run_in_executor(self._writer_thread, self._db.close)
+        self._writer_thread.shutdown(wait=True)

@@ -1,17 +1,32 @@
-"""WS /events: replay by cursor, then live events; GET /events/history: the same, as a list."""
+"""WS /events: replay by cursor, a page at a time, then live events; GET /events/history:
+the same, as a list. Both need EVENTS_AUTH_SECRET when it is set (and in production)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
 import logging
-from asyncio import Future
+from http import HTTPStatus
+from typing import Any
 
+import orjson
+import tornado.httputil
 import tornado.websocket
 from tornado.iostream import StreamClosedError
 
-from eventlog import EventLog, Frame, StoreUnavailable
-from eventlog.base import notice
+from config import Config
+from eventlog import Entry, EventLog, StoreUnavailable
 from handlers.base import ApiError, AwaitingHandler
+from handlers.broadcast import (
+    Broadcaster,
+    Frame,
+    frame_data,
+    make_frame,
+    notice,
+    page_notice,
+    unknown_cursor_notice,
+)
 from handlers.origins import UNKNOWN_HOST, EveryOriginChecked, known_host, same_origin
 
 log = logging.getLogger(__name__)
@@ -19,23 +34,81 @@ log = logging.getLogger(__name__)
 # Close code for a socket that cannot keep up: policy violation, with a reason that says so.
 CLOSE_TOO_SLOW = 1008
 CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN = 1013
+CLOSE_SERVER_ERROR = 1011
 HISTORY_MAX = 1000
-REPLAY_BATCH = 100
+HISTORY_MAX_BYTES = 1024 * 1024
+# A replay is read from the store and written a page at a time; the next page only
+# once the socket has taken this one. What a socket costs is one page, at most.
+REPLAY_PAGE_EVENTS = 100
+REPLAY_PAGE_BYTES = 64 * 1024
+# Browsers cannot set headers on a WebSocket: they offer these two subprotocols.
+SUBPROTOCOL = "livekit-events"
+BEARER_PROTOCOL = "bearer."
+_NOTHING = (-1, -1)
+_CANNOT_READ = notice("store_unavailable", "The event store cannot be read; reconnect with your cursor")
+
+
+def check_events_credential(config: Config, request: tornado.httputil.HTTPServerRequest) -> None:
+    """With EVENTS_AUTH_SECRET set, the stream needs it as a bearer: the Authorization
+    header, or (browsers) the WebSocket subprotocol `bearer.<secret>` next to
+    `livekit-events`. In production without a secret, the stream is off."""
+    secret = config.events_auth_secret
+    if not secret:
+        if config.app_env == "production":
+            raise ApiError(403, "The event stream is off: in production it needs EVENTS_AUTH_SECRET")
+        return
+    offered = request.headers.get("Authorization", "")
+    given = offered[7:].strip() if offered[:7].lower() == "bearer " else ""
+    if not given:
+        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        given = next((p[len(BEARER_PROTOCOL) :] for p in protocols if p.startswith(BEARER_PROTOCOL)), "")
+    if not given or not hmac.compare_digest(given.encode(), secret.encode()):
+        raise ApiError(
+            401,
+            "The event stream needs Authorization: Bearer <EVENTS_AUTH_SECRET> "
+            f"(browsers: the WebSocket subprotocols {SUBPROTOCOL} and {BEARER_PROTOCOL}<secret>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+class _Closed(Exception):
+    """The socket went away (or was closed as too slow) during the replay."""
 
 
 class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler):
-    """Relays what the event log yields; knows nothing about webhooks or tokens."""
+    """Replays what the event log holds, then relays what the broadcaster fans out."""
 
-    def initialize(self, event_log: EventLog) -> None:
+    def initialize(self, event_log: EventLog, broadcaster: Broadcaster) -> None:
         self.event_log = event_log
-        self.queue_limit: int = self.settings["config"].events_socket_queue
-        # Live frames that arrive while the replay is being sent wait here.
-        self.held: list[Frame] | None = []
-        self.last_order = (-1, -1)
-        # Frames written while the connection's buffer was not empty: what the peer has
-        # not taken yet. Counted without a callback per write, which fan-out would pay
-        # for every socket and every event.
+        self.broadcaster = broadcaster
+        config: Config = self.settings["config"]
+        self.queue_limit = config.events_socket_queue
+        self.send_timeout = config.events_send_timeout.total_seconds()
+        # While replaying, live frames are not sent nor held: they are in the store,
+        # and the replay reads on until it has sent the newest one seen live.
+        self.replaying = True
+        self.newest_live = _NOTHING
+        self.last_order = _NOTHING
+        # Live frames written while the connection's buffer was not empty: what the peer
+        # has not taken yet. Counted without a callback per write, which fan-out would
+        # pay for every socket and every event.
         self.waiting = 0
+        self.replay_task: asyncio.Future[None] | None = None
+
+    def prepare(self) -> None:
+        check_events_credential(self.settings["config"], self.request)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        message = error.message if isinstance(error, ApiError) else HTTPStatus(status_code).phrase
+        for name, value in getattr(error, "headers", {}).items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(orjson.dumps({"errorMessage": message}))
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
 
     def check_origin(self, origin: str) -> bool:
         # The events name participants: only this server's own pages and listed origins.
@@ -43,83 +116,138 @@ class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler
         allowed = config.events_allowed_origins
         return "*" in allowed or origin.rstrip("/") in allowed or same_origin(origin, self.request, config)
 
-    async def open(self) -> None:
-        self.event_log.subscribe(self)
+    def open(self) -> None:
+        self.broadcaster.subscribe(self)
         since = self.get_query_argument("since", None) or None
+        # A task of its own: the connection keeps reading (pongs, the close) meanwhile.
+        self.replay_task = asyncio.ensure_future(self.replay_then_live(since))
+
+    async def replay_then_live(self, since: str | None) -> None:
         try:
-            replay = await self.event_log.read(since, _replay_limit(since, self.event_log))
+            await self._replay_then_live(since)
+        finally:
+            self.replay_task = None  # a finished task is not kept for the socket's life
+
+    async def _replay_then_live(self, since: str | None) -> None:
+        try:
+            await self.replay(since)
         except StoreUnavailable:
-            self.tell(notice("store_unavailable", "The event store cannot be read; live events follow"))
-            replay = None
-        if replay is not None:
-            if replay.notice is not None:
-                self.tell(replay.notice)
-            for count, frame in enumerate(replay.frames, 1):
-                written = self.send(frame)
-                if written is not None and count % REPLAY_BATCH == 0:
-                    # A long replay waits for the peer instead of counting as slowness.
-                    try:
-                        await written
-                    except StreamClosedError:
-                        return
-                    self.waiting = 0
-        held, self.held = self.held or [], None
-        for frame in held:
-            self.deliver(frame)
+            # Going live now would leave a gap: the client comes back with its cursor.
+            self.tell(_CANNOT_READ)
+            self.broadcaster.unsubscribe(self)
+            self.close(CLOSE_TRY_AGAIN, "The event store cannot be read; reconnect with your cursor")
+            return
+        except _Closed:
+            return
+        except Exception:
+            log.exception("replay to %s failed", self.request.remote_ip)
+            self.close(CLOSE_SERVER_ERROR, "The replay failed; reconnect with your cursor")
+            return
+        self.replaying = False
+        self.waiting = 0
+
+    async def replay(self, since: str | None) -> None:
+        """Pages after `since` (without one: the newest EVENTS_REPLAY) until the store has
+        nothing newer than what was sent and nothing newer was seen live."""
+        event_log = self.event_log
+        replay_count = self.settings["config"].events_replay
+        cursor = since if since is not None else await event_log.newest_start(replay_count)
+        fell_back = since is None
+        idle_reads = 0
+        while True:
+            self.ensure_open()
+            page = await event_log.read(cursor, REPLAY_PAGE_EVENTS, REPLAY_PAGE_BYTES)
+            self.ensure_open()
+            if page.unknown_cursor:
+                self.tell(unknown_cursor_notice(cursor or ""))
+                # The newest events of this log; if even that cursor is gone, all of them.
+                cursor = None if fell_back else await event_log.newest_start(replay_count)
+                fell_back = True
+                continue
+            trimmed = page_notice(page, cursor)
+            if trimmed is not None:
+                self.tell(trimmed)
+            if page.entries:
+                await self.send_page(page.entries)
+            cursor = page.resume or cursor
+            idle_reads = 0 if page.entries else idle_reads + 1
+            if page.more:
+                continue
+            if self.newest_live <= self.last_order:
+                return
+            if idle_reads > 2:  # seen live, yet not in the store: never expected
+                log.warning("replay did not find the newest live event in the store; going live")
+                return
+
+    def ensure_open(self) -> None:
+        connection = self.ws_connection
+        if connection is None or connection.is_closing() or connection.stream is None:
+            raise _Closed
+
+    async def send_page(self, entries: list[Entry]) -> None:
+        self.ensure_open()
+        assert self.ws_connection is not None and self.ws_connection.stream is not None
+        self.last_order = entries[-1].order
+        try:
+            written = self.ws_connection.stream.write(b"".join(make_frame(entry).wire for entry in entries))
+        except StreamClosedError:
+            raise _Closed from None
+        done, _ = await asyncio.wait([written], timeout=self.send_timeout)
+        if not done:
+            self.too_slow(f"a replay page was not taken within {self.send_timeout:g} s")
+            raise _Closed
+        if written.exception() is not None:
+            raise _Closed
 
     def deliver(self, frame: Frame) -> None:
-        if self.held is not None:
-            self.held.append(frame)
-            if len(self.held) > self.queue_limit:
-                self.too_slow()
-        elif frame.order > self.last_order:
-            self.send(frame)
-
-    def send(self, frame: Frame) -> Future[None] | None:
+        if self.replaying:
+            if frame.order > self.newest_live:
+                self.newest_live = frame.order
+            return
+        if frame.order <= self.last_order:
+            return  # already sent by the replay
         self.last_order = frame.order
         connection = self.ws_connection
         if connection is None or connection.is_closing() or connection.stream is None:
-            return None
+            return
         stream = connection.stream
         self.waiting = self.waiting + 1 if stream.writing() else 0
         if self.waiting > self.queue_limit:
-            self.too_slow()
-            return None
+            self.too_slow(f"more than {self.queue_limit} events waiting")
+            return
         # The frame was built once for every socket (no compression is negotiated, so
         # all get the same bytes): write it as is. write_message would build it again
         # and wrap each write in a task, which was most of the fan-out's time.
-        try:
-            return stream.write(frame.wire)
-        except StreamClosedError:
-            return None  # on_close follows
+        with contextlib.suppress(StreamClosedError):  # on_close follows
+            stream.write(frame.wire)
 
     def tell(self, notice_data: bytes) -> None:
         if self.ws_connection is not None and not self.ws_connection.is_closing():
             with contextlib.suppress(tornado.websocket.WebSocketClosedError):
                 self.write_message(notice_data)
 
-    def too_slow(self) -> None:
-        self.event_log.unsubscribe(self)
-        log.warning(
-            "closing events socket from %s: %d frames waiting", self.request.remote_ip, self.queue_limit
-        )
-        self.close(
-            CLOSE_TOO_SLOW,
-            f"Too slow: more than {self.queue_limit} events waiting; reconnect with your cursor",
-        )
+    def too_slow(self, why: str) -> None:
+        self.broadcaster.unsubscribe(self)
+        log.warning("closing events socket from %s: %s", self.request.remote_ip, why)
+        self.close(CLOSE_TOO_SLOW, f"Too slow: {why}; reconnect with your cursor")
 
     def on_message(self, message: str | bytes) -> None:
         """Clients have nothing to say; the socket only carries events to them."""
 
     def on_close(self) -> None:
-        self.event_log.unsubscribe(self)
+        self.broadcaster.unsubscribe(self)
+        if self.replay_task is not None and not self.replay_task.done():
+            self.replay_task.cancel()
 
 
 class EventHistoryHandler(AwaitingHandler):
-    """GET /events/history?since=&limit=: the frames a socket would replay, as a JSON list."""
+    """GET /events/history?since=&limit=: what a socket would replay, as a JSON list."""
 
     def initialize(self, event_log: EventLog) -> None:
         self.event_log = event_log
+
+    def prepare(self) -> None:
+        check_events_credential(self.config, self.request)
 
     async def get(self) -> None:
         if not known_host(self.request, self.config):  # DNS rebinding: see handlers/origins.py
@@ -128,15 +256,18 @@ class EventHistoryHandler(AwaitingHandler):
         raw_limit = self.get_query_argument("limit", "100")
         if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= HISTORY_MAX:
             raise ApiError(400, f"limit must be a whole number from 1 to {HISTORY_MAX}")
+        limit = int(raw_limit)
+        parts: list[bytes] = []
         try:
-            replay = await self.event_log.read(since, int(raw_limit))
+            cursor = since if since is not None else await self.event_log.newest_start(limit)
+            page = await self.event_log.read(cursor, limit, HISTORY_MAX_BYTES)
+            if page.unknown_cursor:
+                parts.append(unknown_cursor_notice(cursor or ""))
+                cursor = await self.event_log.newest_start(limit)
+                page = await self.event_log.read(cursor, limit, HISTORY_MAX_BYTES)
         except StoreUnavailable:
             raise ApiError(503, "The event store cannot be read; retry later") from None
-        parts = ([replay.notice] if replay.notice else []) + [frame.data for frame in replay.frames]
+        trimmed = page_notice(page, cursor)
+        parts += ([trimmed] if trimmed else []) + [frame_data(entry) for entry in page.entries]
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(b"[" + b",".join(parts) + b"]")
-
-
-def _replay_limit(since: str | None, event_log: EventLog) -> int:
-    # After a cursor: everything that is kept; without one: the newest EVENTS_REPLAY.
-    return event_log.replay_count if since is None else 1_000_000

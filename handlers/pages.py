@@ -10,6 +10,7 @@ from jinja2 import Environment
 
 from eventlog import EventLog
 from handlers.base import ApiHandler
+from handlers.broadcast import Broadcaster
 from rooms.access import page_admin_mode
 
 
@@ -51,19 +52,21 @@ class IndexHandler(tornado.web.RequestHandler):
 
 
 class HealthHandler(ApiHandler):
-    """Liveness and readiness: non-200 while the event store is down, for load balancers."""
+    """Liveness and readiness: non-200 while the event store is down, for load balancers.
+    Says which store and whether it works; why it does not is in the log, not here."""
 
-    def initialize(self, event_log: EventLog) -> None:
+    def initialize(self, event_log: EventLog, broadcaster: Broadcaster) -> None:
         self.event_log = event_log
+        self.broadcaster = broadcaster
 
     def get(self) -> None:
-        store: dict[str, Any] = self.event_log.health()
+        store: dict[str, Any] = self.event_log.health()  # {"store", "ok"}: no error text
         status = 200 if store["ok"] else 503
         self.write_json(
             {
                 "status": "ok" if store["ok"] else "degraded",
                 "eventStore": store,
-                "sockets": self.event_log.subscriber_count,
+                "sockets": self.broadcaster.count,
             },
             status=status,
         )

@@ -77,18 +77,18 @@ class WebhookHandler(StreamedBodyHandler):
         except TypeError:  # orjson writes at most 254 levels of nesting; LiveKit's events have a few
             raise ApiError(400, "Webhook body is not a webhook event (nested too deeply)") from None
         try:
-            frame = await self.event_log.append(event["id"], int(time.time() * 1000), event_json)
+            cursor = await self.event_log.append(event["id"], int(time.time() * 1000), event_json)
         except StoreUnavailable:
             # LiveKit retries a 5xx: nothing was acknowledged, nothing was broadcast.
             raise ApiError(503, "The event store is unavailable; retry later") from None
         room_name = str(event.get("room", {}).get("name", ""))
         self.log_detail = f"{quoted(event['event'])} {quoted(event['id'])} room={quoted(room_name)}"
-        if frame is None:
+        if cursor is None:
             self.log_detail += " duplicate, not stored again"
             self.write_json({"status": "duplicate"})
         else:
-            self.log_detail += f" stored as {frame.cursor}"
-            self.write_json({"status": "stored", "cursor": frame.cursor})
+            self.log_detail += f" stored as {cursor}"
+            self.write_json({"status": "stored", "cursor": cursor})
 
 
 def _webhook_event(body: bytes) -> dict[str, Any]:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25  # how often the event log is read for new events
 READ_BATCH = 500
+READ_BYTES = 1024 * 1024
 RETRY_SECONDS = 5.0  # after a failed reconcile, sooner than the period
 MIN_RECONCILE_GAP = 1.0  # a burst of surprises makes one reconcile, not many
 REMEMBERED_DEPARTURES = 10_000
@@ -125,34 +126,36 @@ class RoomDirectory:
 
     async def _newest_cursor(self) -> str | None:
         try:
-            replay = await self.event_log.read(None, 1)
+            return await self.event_log.newest_start(0)
         except StoreUnavailable:
             return None
-        return replay.frames[-1].cursor if replay.frames else None
 
     async def _follow_events(self, cursor: str | None) -> None:
         store_failed = False
         while True:
             try:
-                replay = await self.event_log.read(cursor, READ_BATCH)
+                missed = False
+                if cursor is None:  # the newest READ_BATCH; more were kept: some were missed
+                    cursor = await self.event_log.newest_start(READ_BATCH)
+                    missed = cursor is not None
+                page = await self.event_log.read(cursor, READ_BATCH, READ_BYTES)
             except StoreUnavailable:
                 store_failed = True
                 await asyncio.sleep(1.0)
                 continue
-            if (
-                store_failed
-                or replay.notice is not None
-                or (cursor is None and len(replay.frames) >= READ_BATCH)
-            ):
+            if store_failed or missed or page.unknown_cursor or page.oldest_kept is not None:
                 self.request_reconcile("events may have been missed")
                 store_failed = False
-            for frame in replay.frames:
-                cursor = frame.cursor
+            if page.unknown_cursor:  # another log (a wiped Redis): follow it from its newest
+                cursor = None
+                continue
+            for entry in page.entries:
                 try:
-                    self.apply(orjson.loads(frame.data)["event"])
+                    self.apply(orjson.loads(entry.event_json))
                 except Exception:  # one strange event must not stop the directory
-                    log.exception("rooms: could not apply the event at cursor %s", frame.cursor)
-            if len(replay.frames) < READ_BATCH:
+                    log.exception("rooms: could not apply the event at cursor %s", entry.cursor)
+            cursor = page.resume or cursor
+            if not page.more:
                 await asyncio.sleep(POLL_SECONDS)
 
     def apply(self, event: Any, replaying: bool = False) -> None:

@@ -13,6 +13,18 @@ const knownTypes = new Set();
 let lastCursor = null;
 let eventCount = 0;
 let retryDelay = 500;
+// With EVENTS_AUTH_SECRET set, open the page as /#events-secret=<secret>: the secret stays in
+// this tab (the fragment is never sent to a server) and goes with the socket as a subprotocol.
+const eventsSecret = takeEventsSecret();
+
+function takeEventsSecret() {
+  const match = location.hash.match(/(?:^#|&)events-secret=([^&]+)/);
+  if (match) {
+    sessionStorage.setItem("events-secret", decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("events-secret");
+}
 
 function socketUrl() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -26,7 +38,8 @@ function setState(state, text) {
 }
 
 function connect() {
-  const socket = new WebSocket(socketUrl());
+  const protocols = eventsSecret ? ["livekit-events", `bearer.${eventsSecret}`] : [];
+  const socket = new WebSocket(socketUrl(), protocols);
   socket.addEventListener("open", () => {
     retryDelay = 500;
     setState("live", "live");

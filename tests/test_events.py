@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,6 +15,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from tests.conftest import post_webhook, webhook_event, webhook_request
+from tests.processes import EventSocket
 
 
 def ws_url(base_url: str, since: str | None = None) -> str:
@@ -93,15 +95,14 @@ async def test_an_unknown_cursor_gets_a_notice_then_the_newest(
 async def test_events_posted_during_a_replay_arrive_once_and_in_order(
     http_client: Any, base_url: str
 ) -> None:
-    await post_events(http_client, base_url, 300)
+    posted = await post_events(http_client, base_url, 300)
     client_task = asyncio.ensure_future(websocket_connect(ws_url(base_url, "0")))
-    await post_events(http_client, base_url, 100)  # while the replay is being read and sent
+    posted += await post_events(http_client, base_url, 100)  # while the replay is being read and sent
     client = await client_task
     frames = await read_frames(client, 400)
-    cursors = [int(frame["cursor"]) for frame in frames]
-    assert cursors == list(range(1, 401))
-    await post_events(http_client, base_url, 1)
-    assert int((await read_frames(client, 1))[0]["cursor"]) == 401
+    assert [frame["cursor"] for frame in frames] == [p["cursor"] for p in posted]
+    live = await post_events(http_client, base_url, 1)
+    assert (await read_frames(client, 1))[0]["cursor"] == live[0]["cursor"]
     client.close()
 
 
@@ -178,7 +179,7 @@ def test_a_restart_keeps_events_and_cursors(server_process: Any) -> None:
     ]
     later = webhook_event("room_finished")
     assert post_webhook(server.url, later) == 200
-    assert int(server.history()[-1]["cursor"]) == int(first[-1]["cursor"]) + 1
+    assert [frame["event"]["id"] for frame in server.history(since=first[-1]["cursor"])] == [later["id"]]
 
 
 def test_kill_9_loses_nothing_that_was_acknowledged(server_process: Any) -> None:
@@ -207,3 +208,121 @@ def test_kill_9_loses_nothing_that_was_acknowledged(server_process: Any) -> None
     stored = {frame["event"]["id"] for frame in server.history()}
     assert len(acknowledged) >= 200
     assert set(acknowledged) <= stored
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_each_event_is_framed_once_whatever_the_number_of_sockets(
+    http_client: Any, base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import handlers.broadcast
+
+    built: list[str] = []
+    make_frame = handlers.broadcast.make_frame
+
+    def counting(entry: Any) -> Any:
+        built.append(entry.cursor)
+        return make_frame(entry)
+
+    monkeypatch.setattr(handlers.broadcast, "make_frame", counting)
+    sockets = [await websocket_connect(ws_url(base_url)) for _ in range(5)]
+    posted = await post_events(http_client, base_url, 3)
+    for socket_ in sockets:
+        assert [frame["cursor"] for frame in await read_frames(socket_, 3)] == [p["cursor"] for p in posted]
+        socket_.close()
+    assert built == [p["cursor"] for p in posted]  # once per event, not once per socket
+
+
+@pytest.mark.settings(events_socket_queue=8)
+@pytest.mark.gen_test(timeout=60)
+async def test_a_small_socket_queue_does_not_cut_a_healthy_replay(http_client: Any, base_url: str) -> None:
+    posted = await post_events(http_client, base_url, 400, pad="x" * 20_000)
+    client = await websocket_connect(ws_url(base_url, "0"))
+    await asyncio.sleep(0.5)  # a reader that keeps up, if not at once (a page that is busy)
+    frames = await read_frames(client, 400)
+    assert [frame["cursor"] for frame in frames] == [p["cursor"] for p in posted]
+    live = await post_events(http_client, base_url, 1)
+    assert (await read_frames(client, 1))[0]["cursor"] == live[0]["cursor"]
+    client.close()
+
+
+@pytest.mark.settings(events_keep=2)
+@pytest.mark.gen_test
+async def test_a_retry_of_a_trimmed_event_is_still_a_duplicate(http_client: Any, base_url: str) -> None:
+    first = webhook_event("room_started", room="first")
+    assert (await http_client.fetch(base_url + "/livekit/webhook", **webhook_request(first))).code == 200
+    later = await post_events(http_client, base_url, 3)  # the first is no longer kept
+    retried = await http_client.fetch(base_url + "/livekit/webhook", **webhook_request(first))
+    assert json.loads(retried.body) == {"status": "duplicate"}
+    listed = json.loads((await http_client.fetch(base_url + "/events/history")).body)
+    assert [frame["event"]["id"] for frame in listed] == [p["id"] for p in later[1:]]
+
+
+def health_of(server: Any) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(server.url + "/healthz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_store_file_deleted_or_replaced_while_running_is_not_written_to(
+    server_process: Any, tmp_path: Any, how: str
+) -> None:
+    import os
+    import sqlite3
+
+    server = server_process()
+    page = EventSocket(ws_url(server.url))
+    before = webhook_event("room_started", room="before")
+    assert post_webhook(server.url, before) == 200
+    path = tmp_path / "events.sqlite3"
+    if how == "deleted":
+        os.unlink(path)
+    else:
+        with sqlite3.connect(tmp_path / "other.sqlite3") as other:
+            other.execute("CREATE TABLE t (x)")
+        os.replace(tmp_path / "other.sqlite3", path)
+    after = webhook_event("room_started", room="after")
+    assert post_webhook(server.url, after) == 503  # not acknowledged: LiveKit retries
+    assert post_webhook(server.url, after) == 503
+    assert health_of(server) == (
+        503,
+        {"status": "degraded", "eventStore": {"store": "sqlite", "ok": False}, "sockets": 1},
+    )
+    assert "deleted or replaced" in server.log_text()
+    time.sleep(0.2)
+    assert [frame["event"]["id"] for frame in page.events] == [before["id"]]  # nothing unacknowledged sent
+    page.close()
+    server.stop()
+    server.start()  # what the README says to do: the server starts on the file EVENTS_DB names
+    assert post_webhook(server.url, after) == 200
+
+
+@pytest.mark.parametrize("how", ["memory", "file"])
+def test_a_cursor_of_a_lost_log_gets_unknown_cursor(server_process: Any, tmp_path: Any, how: str) -> None:
+    import os
+
+    env = {"EVENTS_DB": ":memory:"} if how == "memory" else {}
+    server = server_process(**env)
+    old = [webhook_event("room_started", room=f"old{n}") for n in range(3)]
+    assert [post_webhook(server.url, event) for event in old] == [200] * 3
+    cursor = server.history()[1]["cursor"]
+    server.stop()
+    if how == "file":
+        for name in os.listdir(tmp_path):
+            if name.startswith("events.sqlite3"):
+                os.unlink(tmp_path / name)
+    server.start()  # a new, empty log
+    new = [webhook_event("room_started", room=f"new{n}") for n in range(5)]
+    assert [post_webhook(server.url, event) for event in new] == [200] * 5
+    listed = server.history(since=cursor)
+    assert listed[0]["notice"] == "unknown_cursor"  # never a silent skip of the new log's first events
+    assert [frame["event"]["id"] for frame in listed[1:]] == [event["id"] for event in new]
+    page = EventSocket(ws_url(server.url, cursor))
+    assert page.wait_for_notice("unknown_cursor")
+    assert [frame["event"]["id"] for frame in page.wait_for(5)] == [event["id"] for event in new]
+    page.close()

@@ -129,3 +129,27 @@ def test_usable_from_phone_to_desktop_width(browser: Any, server_process: Any, w
         box = page.locator(selector).bounding_box()
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= width
     context.close()
+
+
+def test_the_page_opens_a_protected_stream_with_the_secret_in_its_fragment(
+    page: Any, server_process: Any
+) -> None:
+    secret = "0123456789abcdef0123456789abcdef"
+    server = server_process(
+        APP_ENV="production",
+        LIVEKIT_API_KEY="prodkey",
+        LIVEKIT_API_SECRET="s" * 40,
+        EVENTS_AUTH_SECRET=secret,
+    )
+    page.goto(server.url + f"/#events-secret={secret}")
+    page.wait_for_selector('#socket-state[data-state="live"]')
+    assert "events-secret" not in page.url  # out of the address bar and the history
+    event = webhook_event("room_started", room="guarded")
+    assert post_webhook(server.url, event, key="prodkey", secret="s" * 40) == 200
+    event_rows(page).first.wait_for()
+    assert event_rows(page).first.locator(".event-room").inner_text() == "guarded"
+    page.reload()  # kept for this tab
+    page.wait_for_selector('#socket-state[data-state="live"]')
+    page.evaluate("sessionStorage.clear()")
+    page.reload()
+    page.wait_for_selector('#socket-state[data-state="reconnecting"]')  # refused without it

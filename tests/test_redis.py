@@ -84,7 +84,7 @@ def test_trimmed_history_gets_the_notice(server_process: Any, redis_server: Any)
         assert post_webhook(server.url, webhook_event("room_started", room=f"r{n}")) == 200
     cursors = [frame["cursor"] for frame in server.history(limit=1000)]
     assert len(cursors) < 400
-    listed = server.history(since="0-1")
+    listed = server.history(since="0")
     assert listed[0]["notice"] == "history_trimmed"
     assert listed[0]["oldestCursor"] == cursors[0]
     assert [frame["cursor"] for frame in listed[1:]] == cursors
@@ -132,10 +132,98 @@ def test_a_replay_while_other_instances_take_webhooks_has_no_gap(
         during = [webhook_event("room_started", room=f"d{n}") for n in range(200)]
         posting = [pool.submit(post_webhook, first.url, event) for event in during]
         # Joins the stream from the start while the other instance keeps taking webhooks.
-        page = EventSocket(ws(second, "0-1"))
+        page = EventSocket(ws(second, "0"))
         assert {future.result() for future in posting} == {200}
     frames = page.wait_for(400)
     ids = [frame["event"]["id"] for frame in frames]
     assert sorted(ids) == sorted(event["id"] for event in before + during)  # none missing, none twice
     assert [frame["cursor"] for frame in frames] == [frame["cursor"] for frame in second.history(limit=1000)]
     page.close()
+
+
+def test_a_failed_add_is_not_remembered_as_seen(server_process: Any, redis_server: Any) -> None:
+    import redis as redis_client
+
+    redis = redis_server()
+    server = server_process(EVENTS_REDIS_URL=redis.url)
+    direct = redis_client.Redis.from_url(redis.url)
+    direct.delete("livekit:events")
+    direct.set("livekit:events", "not a stream")  # XADD now fails inside the script
+    event = webhook_event("room_started", room="lost-before")
+    assert post_webhook(server.url, event) == 503
+    direct.delete("livekit:events")
+    assert post_webhook(server.url, event) == 200  # LiveKit's retry is stored, not "duplicate"
+    assert [frame["event"]["id"] for frame in server.history()] == [event["id"]]
+    direct.close()
+
+
+def test_a_foreign_entry_is_skipped_and_live_delivery_goes_on(server_process: Any, redis_server: Any) -> None:
+    import redis as redis_client
+
+    redis = redis_server()
+    server = server_process(EVENTS_REDIS_URL=redis.url)
+    page = EventSocket(ws(server))
+    first = webhook_event("room_started", room="first")
+    assert post_webhook(server.url, first) == 200
+    direct = redis_client.Redis.from_url(redis.url)
+    direct.xadd("livekit:events", {"x": "y"})  # someone else's entry in our stream
+    direct.xadd("livekit:events", {"r": "not a time", "e": "{}"})
+    later = webhook_event("room_finished", room="later")
+    assert post_webhook(server.url, later) == 200
+    assert [frame["event"]["id"] for frame in page.wait_for(2)] == [first["id"], later["id"]]
+    assert [frame["event"]["id"] for frame in server.history()] == [first["id"], later["id"]]
+    assert health(server)[0] == 200
+    assert "not an event this server wrote" in server.log_text()
+    page.close()
+    direct.close()
+
+
+def test_the_reader_never_dies_silently(server_process: Any, redis_server: Any) -> None:
+    import redis as redis_client
+
+    redis = redis_server()
+    server = server_process(EVENTS_REDIS_URL=redis.url)
+    page = EventSocket(ws(server))
+    direct = redis_client.Redis.from_url(redis.url)
+    direct.set("livekit:events", "not a stream")  # the reader's XREAD now fails
+    deadline = time.monotonic() + 10
+    while health(server)[0] == 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status, body = health(server)
+    assert status == 503 and body["eventStore"] == {"store": "redis", "ok": False}
+    assert page.wait_for_notice("store_unavailable")
+    direct.delete("livekit:events")  # repaired: the reader carries on by itself
+    deadline = time.monotonic() + 10
+    while health(server)[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert health(server)[0] == 200
+    event = webhook_event("room_started", room="after")
+    assert post_webhook(server.url, event) == 200
+    assert [frame["event"]["id"] for frame in page.wait_for(1)] == [event["id"]]
+    page.close()
+    direct.close()
+
+
+@pytest.mark.parametrize(
+    "cursor", ["0-99999999999999999999", "99999999999999999999-0", "{log}.0-99999999999999999999"]
+)
+def test_cursors_beyond_64_bits_are_unknown(server_process: Any, redis_server: Any, cursor: str) -> None:
+    redis = redis_server()
+    server = server_process(EVENTS_REDIS_URL=redis.url)
+    event = webhook_event("room_started")
+    assert post_webhook(server.url, event) == 200
+    log_id = server.history()[0]["cursor"].split(".")[0]
+    listed = server.history(since=cursor.format(log=log_id))
+    assert listed[0]["notice"] == "unknown_cursor"
+    assert [frame["event"]["id"] for frame in listed[1:]] == [event["id"]]
+
+
+def test_health_gives_no_internal_details(server_process: Any, redis_server: Any) -> None:
+    redis = redis_server()
+    server = server_process(EVENTS_REDIS_URL=redis.url)
+    redis.stop()
+    assert post_webhook(server.url, webhook_event()) == 503
+    status, body = health(server)
+    assert (status, body["status"], body["eventStore"]) == (503, "degraded", {"store": "redis", "ok": False})
+    assert str(redis.port) not in json.dumps(body) and "127.0.0.1" not in json.dumps(body)
+    assert "Redis event store write failed" in server.log_text()  # the details are in the log

@@ -482,7 +482,7 @@ def test_the_directory_follows_events_in_any_order(tmp_path: Path) -> None:
     from eventlog.sqlite import SqliteEventLog
     from rooms.directory import RoomDirectory
 
-    directory = RoomDirectory(Config(), SqliteEventLog(":memory:", 10, 10), None)
+    directory = RoomDirectory(Config(), SqliteEventLog(":memory:", 10), None)
     listener = Listener()
     assert json.loads(directory.subscribe(listener))["rooms"] == []
     directory.apply(event("room_started"))
@@ -533,7 +533,7 @@ def test_the_directory_asks_livekit_soon_when_an_event_shows_a_gap() -> None:
     from eventlog.sqlite import SqliteEventLog
     from rooms.directory import RoomDirectory
 
-    directory = RoomDirectory(Config(), SqliteEventLog(":memory:", 10, 10), None)
+    directory = RoomDirectory(Config(), SqliteEventLog(":memory:", 10), None)
     # A track of someone whose join never arrived: shown after the next reconcile, asked soon.
     directory.apply(event("track_published", participant=person("carol", "PA_c"), track=microphone()))
     assert directory._reconcile_soon.is_set()
