@@ -238,3 +238,16 @@ def redis_server(tmp_path: Path) -> Any:
     yield start
     for server in started:
         server.stop()
+
+
+def run_async(work: Any) -> Any:
+    """Run a coroutine to completion on a loop of its own. Not asyncio.run: that unsets the
+    thread's current loop, which pytest-tornado's tests leave behind, unclosed (it would
+    warn, an error here, during whichever test runs next)."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(work)
+    finally:
+        loop.close()

@@ -15,6 +15,7 @@ import pytest
 from eventlog import START, Entry, EventLog, Page
 from eventlog.redis import RedisEventLog
 from eventlog.sqlite import SqliteEventLog
+from tests.conftest import run_async
 
 Scenario = Callable[[EventLog], Awaitable[None]]
 
@@ -60,7 +61,7 @@ def run(store: EventLog, scenario: Scenario) -> None:
         finally:
             await store.close()
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def event(n: int, pad: int = 0) -> str:

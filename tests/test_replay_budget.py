@@ -20,7 +20,7 @@ import pytest
 from eventlog.base import EventLog
 from eventlog.redis import RedisEventLog
 from eventlog.sqlite import SqliteEventLog
-from tests.conftest import post_webhook, webhook_event
+from tests.conftest import post_webhook, run_async, webhook_event
 from tests.processes import EventSocket, ServerProcess
 
 KEPT = 10_000
@@ -52,7 +52,7 @@ def fill(store: EventLog, count: int, size: int) -> None:
             )
         await store.close()
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def stuck_socket(port: int, since: str = "0") -> socket.socket:
