@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -104,7 +105,7 @@ class Config:
             body_timeout=_duration(text("BODY_TIMEOUT", "30s"), "BODY_TIMEOUT"),
             livekit_api_key=text("LIVEKIT_API_KEY", DEV_API_KEY),
             livekit_api_secret=text("LIVEKIT_API_SECRET", DEV_API_SECRET),
-            livekit_url=text("LIVEKIT_URL", "ws://localhost:7880"),
+            livekit_url=_url(text("LIVEKIT_URL", "ws://localhost:7880"), "LIVEKIT_URL"),
             livekit_webhook_keys=_key_pairs(values.get("LIVEKIT_WEBHOOK_KEYS", "")),
             cors_allowed_origins=_origins(text("CORS_ALLOWED_ORIGINS", "*")),
             token_ttl=_duration(text("TOKEN_TTL", "6h"), "TOKEN_TTL"),
@@ -260,7 +261,7 @@ def _key_pairs(raw: str) -> tuple[tuple[str, str], ...]:
 def _pattern(raw: str) -> str:
     try:
         re.compile(raw)
-    except re.error as error:
+    except (re.error, OverflowError, RecursionError) as error:  # a{99999999999}; thousands of nested groups
         raise ConfigError(f"ROOM_NAME_PATTERN is not a valid regular expression: {error}") from None
     return raw
 
@@ -322,6 +323,15 @@ def _public_origins(raw: str) -> tuple[str, ...]:
 
 
 def _url(raw: str, name: str) -> str:
-    if raw and not re.match(r"^(https?|wss?)://[^/]", raw, flags=re.IGNORECASE):
+    if raw and not (re.match(r"^(https?|wss?)://[^/]", raw, flags=re.IGNORECASE) and _parses(raw)):
         raise ConfigError(f"{name} must be an http(s) or ws(s) URL such as http://livekit:7880, not {raw!r}")
     return raw
+
+
+def _parses(url: str) -> bool:
+    # An unclosed IPv6 bracket or a port beyond 65535 only fails when livekit-api or a page parses it.
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        return False
+    return port != 0

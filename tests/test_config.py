@@ -65,6 +65,12 @@ def test_process_environment_wins_over_the_env_file(tmp_path: Path) -> None:
         ("MAX_CONNECTIONS", "-1", "MAX_CONNECTIONS must be between 0"),
         ("IDLE_TIMEOUT", "0", "IDLE_TIMEOUT must be a positive duration"),
         ("BODY_TIMEOUT", "soon", "BODY_TIMEOUT must be a positive duration"),
+        ("ROOM_NAME_PATTERN", "a{99999999999}", "ROOM_NAME_PATTERN is not a valid regular expression"),
+        ("ROOM_NAME_PATTERN", "(" * 2000 + ")" * 2000, "ROOM_NAME_PATTERN is not a valid regular expression"),
+        ("LIVEKIT_URL", "ws://[::1", "LIVEKIT_URL must be an http"),
+        ("LIVEKIT_URL", "ws://localhost:78800", "LIVEKIT_URL must be an http"),
+        ("LIVEKIT_URL", "localhost:7880", "LIVEKIT_URL must be an http"),
+        ("LIVEKIT_API_URL", "http://[::1", "LIVEKIT_API_URL must be an http"),
     ],
 )
 def test_bad_values_say_what_to_fix(variable: str, value: str, message: str) -> None:

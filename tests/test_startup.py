@@ -117,6 +117,14 @@ FAILURES: list[tuple[str, Callable[[Path], dict[str, str]], dict[str, str], int,
     ("non-UTF-8 .env", env_file(b"LIVEKIT_URL=ws://caf\xe9:7880\n"), {}, 2, [".env is not UTF-8", "UTF-8"]),
     ("unreadable .env", env_file(b"SERVER_PORT=7000\n", 0o000), {}, 2, ["cannot read", ".env"]),
     ("unknown APP_ENV", lambda _: {}, {"APP_ENV": "prod"}, 2, ["APP_ENV", "production", "'prod'"]),
+    ("LIVEKIT_URL not a URL", lambda _: {}, {"LIVEKIT_URL": "ws://[::1"}, 2, ["LIVEKIT_URL", "ws://[::1"]),
+    (
+        "ROOM_NAME_PATTERN overflow",
+        lambda _: {},
+        {"ROOM_NAME_PATTERN": "a{99999999999}"},
+        2,
+        ["ROOM_NAME_PATTERN"],
+    ),
 ]
 
 
