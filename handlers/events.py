@@ -95,9 +95,12 @@ class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler
         # pay for every socket and every event.
         self.waiting = 0
         self.replay_task: asyncio.Future[None] | None = None
+        self.since: str | None = None
 
     def prepare(self) -> None:
         check_events_credential(self.settings["config"], self.request)
+        # Before the upgrade: a `since` that is not UTF-8 gets a 400 here, not an aborted socket.
+        self.since = self.get_query_argument("since", None) or None
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
@@ -118,9 +121,8 @@ class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler
 
     def open(self) -> None:
         self.broadcaster.subscribe(self)
-        since = self.get_query_argument("since", None) or None
         # A task of its own: the connection keeps reading (pongs, the close) meanwhile.
-        self.replay_task = asyncio.ensure_future(self.replay_then_live(since))
+        self.replay_task = asyncio.ensure_future(self.replay_then_live(self.since))
 
     async def replay_then_live(self, since: str | None) -> None:
         try:

@@ -91,6 +91,20 @@ async def test_an_unknown_cursor_gets_a_notice_then_the_newest(
     client.close()
 
 
+@pytest.mark.gen_test
+async def test_a_cursor_not_in_utf8_is_refused_before_the_upgrade(http_client: Any, base_url: str) -> None:
+    # It was read after the upgrade: the socket was dropped without a close frame and stayed
+    # a subscriber for good (counted, and written to on every event), one per request.
+    for _ in range(3):
+        with pytest.raises(HTTPClientError) as refused:
+            await websocket_connect(ws_url(base_url, "%ff"))
+        assert refused.value.code == 400
+    answer = await http_client.fetch(base_url + "/events?since=%ff", raise_error=False)
+    assert answer.code == 400 and json.loads(answer.body)["errorMessage"]
+    await asyncio.sleep(0.1)
+    assert json.loads((await http_client.fetch(base_url + "/healthz")).body)["sockets"] == 0
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_events_posted_during_a_replay_arrive_once_and_in_order(
     http_client: Any, base_url: str
