@@ -118,8 +118,8 @@ class Config:
             name_max_length=_integer(values, "NAME_MAX_LENGTH", 256, low=1, high=4096),
             token_room_config_fields=_room_config_fields(text("TOKEN_ROOM_CONFIG_FIELDS", "agents")),
             events_db=text("EVENTS_DB", cls.events_db),
-            events_keep=_integer(values, "EVENTS_KEEP", 10_000, low=1),
-            events_replay=_integer(values, "EVENTS_REPLAY", 100, low=0),
+            events_keep=_integer(values, "EVENTS_KEEP", 10_000, low=1, high=STORE_INTEGER_MAX),
+            events_replay=_integer(values, "EVENTS_REPLAY", 100, low=0, high=STORE_INTEGER_MAX),
             events_allowed_origins=_origins(text("EVENTS_ALLOWED_ORIGINS", "")),
             events_socket_queue=_integer(values, "EVENTS_SOCKET_QUEUE", 1_000, low=1),
             events_redis_url=_redis_url(text("EVENTS_REDIS_URL", "")),
@@ -168,6 +168,10 @@ class Config:
                 )
         if self.events_auth_secret and len(self.events_auth_secret) < 32:
             raise ConfigError("APP_ENV=production needs an EVENTS_AUTH_SECRET of 32 characters or more")
+
+
+# The stores take these counts as 64-bit integers: beyond, every replay failed with an OverflowError.
+STORE_INTEGER_MAX = 2**63 - 1
 
 
 def _integer(

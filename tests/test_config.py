@@ -71,6 +71,8 @@ def test_process_environment_wins_over_the_env_file(tmp_path: Path) -> None:
         ("LIVEKIT_URL", "ws://localhost:78800", "LIVEKIT_URL must be an http"),
         ("LIVEKIT_URL", "localhost:7880", "LIVEKIT_URL must be an http"),
         ("LIVEKIT_API_URL", "http://[::1", "LIVEKIT_API_URL must be an http"),
+        ("EVENTS_REPLAY", str(2**63), "EVENTS_REPLAY must be between 0 and 9223372036854775807"),
+        ("EVENTS_KEEP", str(2**63), "EVENTS_KEEP must be between 1 and 9223372036854775807"),
     ],
 )
 def test_bad_values_say_what_to_fix(variable: str, value: str, message: str) -> None:
