@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Mapping
@@ -11,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from handlers.origins import parse_origin
 
@@ -292,13 +294,20 @@ def _redis_url(raw: str) -> str:
 
 def _read_env_file(path: Path) -> dict[str, str | None]:
     try:
-        return dotenv_values(path)
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(
             f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
         ) from None
     except OSError as error:
         raise ConfigError(f"cannot read {path} ({error.strerror}); make it readable or remove it") from None
+    # python-dotenv would skip a line it cannot parse (an unclosed quote) and leave that setting off.
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ConfigError(
+                f"{path} line {binding.original.line} is not NAME=value (an unclosed quote?); fix that line"
+            )
+    return dotenv_values(stream=io.StringIO(text))
 
 
 _BEARER_SECRET = re.compile(r"[A-Za-z0-9._~-]+", re.ASCII)

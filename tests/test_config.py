@@ -128,6 +128,16 @@ def test_a_non_utf8_env_file_says_so(tmp_path: Path) -> None:
         Config.from_env({}, env_file)
 
 
+def test_a_line_of_the_env_file_that_does_not_parse_is_refused(tmp_path: Path) -> None:
+    # python-dotenv skips such a line with a warning naming neither file nor setting: a secret
+    # missing its closing quote silently turned the protection it sets off.
+    env_file = tmp_path / ".env"
+    env_file.write_text('SERVER_PORT=7000\nTOKEN_AUTH_SECRET="s3cr3t\nADMIN_SECRET=x\n')
+    with pytest.raises(ConfigError, match=r"\.env line 2 is not NAME=value") as refused:
+        Config.from_env({}, env_file)
+    assert "s3cr3t" not in str(refused.value)
+
+
 def test_a_setting_that_is_not_utf8_says_so() -> None:
     # How Python hands over environment bytes that are not UTF-8 (here 0xE9, Latin-1 é).
     with pytest.raises(ConfigError, match="LIVEKIT_API_SECRET is not valid UTF-8"):
