@@ -6,7 +6,7 @@ import io
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -72,6 +72,13 @@ class Config:
     admin_secret: str = ""  # empty: the admin API is off, but for the demo page in development
     identity_conflict: str = "replace"
     rooms_reconcile_seconds: int = 30
+    # Extensions: the adopter's modules, event handler retries.
+    app_extensions: tuple[str, ...] = ()
+    event_handler_max_attempts: int = 5
+    event_handler_retry_seconds: float = 1.0
+    event_handler_claim_seconds: int = 60
+    # Every variable of the environment and .env, for extensions' own settings.
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def uses_dev_credentials(self) -> bool:
@@ -82,6 +89,10 @@ class Config:
         """Where this server calls LiveKit's API (RoomService...): LIVEKIT_API_URL, else LIVEKIT_URL."""
         url = self.livekit_api_url or self.livekit_url
         return re.sub(r"^ws(s?)://", r"http\1://", url, flags=re.IGNORECASE)
+
+    def setting(self, name: str, default: str = "") -> str:
+        """An extension's own setting, from the environment or `.env`, trimmed."""
+        return self.environ.get(name, "").strip() or default
 
     @classmethod
     def from_env(
@@ -99,6 +110,10 @@ class Config:
                 raise ConfigError(f"{name} is not valid UTF-8 text; set it again in UTF-8")
             return value or default
 
+        def listed(name: str, default: str) -> str:
+            # Unset: the default; set but empty: an empty list, never "everything".
+            return values[name].strip() if name in values else default
+
         config = cls(
             server_port=_integer(values, "SERVER_PORT", 6080, low=1, high=65535),
             server_host=text("SERVER_HOST", ""),
@@ -109,13 +124,13 @@ class Config:
             livekit_api_secret=text("LIVEKIT_API_SECRET", DEV_API_SECRET),
             livekit_url=_url(text("LIVEKIT_URL", "ws://localhost:7880"), "LIVEKIT_URL"),
             livekit_webhook_keys=_key_pairs(values.get("LIVEKIT_WEBHOOK_KEYS", "")),
-            cors_allowed_origins=_origins(text("CORS_ALLOWED_ORIGINS", "*")),
+            cors_allowed_origins=_origins(listed("CORS_ALLOWED_ORIGINS", "*")),
             token_ttl=_duration(text("TOKEN_TTL", "6h"), "TOKEN_TTL"),
             token_auth_secret=text("TOKEN_AUTH_SECRET", ""),
             token_rate_limit=_integer(values, "TOKEN_RATE_LIMIT", 120, low=0),
             trust_proxy_headers=_flag(text("TRUST_PROXY_HEADERS", "false"), "TRUST_PROXY_HEADERS"),
             public_origins=_public_origins(text("PUBLIC_ORIGINS", "")),
-            token_client_fields=_fields(text("TOKEN_CLIENT_FIELDS", ",".join(cls.token_client_fields))),
+            token_client_fields=_fields(listed("TOKEN_CLIENT_FIELDS", ",".join(cls.token_client_fields))),
             room_name_pattern=_pattern(text("ROOM_NAME_PATTERN", "")),
             name_max_length=_integer(values, "NAME_MAX_LENGTH", 256, low=1, high=4096),
             token_room_config_fields=_room_config_fields(text("TOKEN_ROOM_CONFIG_FIELDS", "agents")),
@@ -138,6 +153,13 @@ class Config:
                 text("IDENTITY_CONFLICT", "replace").lower(), "IDENTITY_CONFLICT", IDENTITY_CONFLICTS
             ),
             rooms_reconcile_seconds=_integer(values, "ROOMS_RECONCILE_SECONDS", 30, low=1, high=86_400),
+            app_extensions=_modules(text("APP_EXTENSIONS", "")),
+            event_handler_max_attempts=_integer(values, "EVENT_HANDLER_MAX_ATTEMPTS", 5, low=1, high=100),
+            event_handler_retry_seconds=_seconds(
+                text("EVENT_HANDLER_RETRY_SECONDS", "1"), "EVENT_HANDLER_RETRY_SECONDS"
+            ),
+            event_handler_claim_seconds=_integer(values, "EVENT_HANDLER_CLAIM_SECONDS", 60, low=1),
+            environ=values,
         )
         config.check()
         return config
@@ -335,6 +357,17 @@ def _public_origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _modules(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    for name in names:
+        if not _MODULE.fullmatch(name):
+            raise ConfigError(f"APP_EXTENSIONS lists importable module names (a.b,c), not {name!r}")
+    return names
+
+
 def _url(raw: str, name: str) -> str:
     if raw and not (re.match(r"^(https?|wss?)://[^/]", raw, flags=re.IGNORECASE) and _parses(raw)):
         raise ConfigError(f"{name} must be an http(s) or ws(s) URL such as http://livekit:7880, not {raw!r}")
@@ -348,3 +381,11 @@ def _parses(url: str) -> bool:
     except ValueError:
         return False
     return port != 0
+def _seconds(raw: str, name: str) -> float:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1
+    if not 0 < seconds <= 3600:
+        raise ConfigError(f"{name} must be a number of seconds from 0.001 to 3600, not {raw!r}")
+    return seconds

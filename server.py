@@ -22,6 +22,10 @@ from tornado.netutil import bind_sockets
 from config import PROJECT_DIR, Config, ConfigError
 from connections import Listener, default_max_connections, open_file_limit
 from eventlog import EventLog, open_event_log
+from extensions import Extensions, load_extensions
+from extensions.app import AppContext, SharedLiveKitAPI
+from extensions.authorize import Step
+from extensions.events import EventHandlerRunner, WakeOnAppend, open_feed
 from handlers import rooms as rooms_handlers
 from handlers.base import NotFoundHandler, log_request
 from handlers.bodies import Application
@@ -30,6 +34,7 @@ from handlers.events import CLOSE_GOING_AWAY, EventHistoryHandler, EventsSocketH
 from handlers.pages import HealthHandler, IndexHandler, StaticFileHandler, VendorFileHandler
 from handlers.ratelimit import RateLimiter
 from handlers.token import TokenHandler
+from handlers.token_rules import BUILT_IN
 from handlers.webhook import WebhookHandler, WebhookVerifier
 from rooms import Rooms, open_livekit_api
 
@@ -49,15 +54,33 @@ class StartupError(Exception):
 
 
 def make_app(
-    config: Config, event_log: EventLog | None = None, livekit_api: LiveKitAPI | None = None
+    config: Config,
+    event_log: EventLog | None = None,
+    livekit_api: LiveKitAPI | None = None,
+    extensions: Extensions | None = None,
 ) -> tornado.web.Application:
-    """`livekit_api`: the shared RoomService client (main() opens it); without one the
-    admin API answers 503."""
+    """`livekit_api`: the shared LiveKit API client (main() opens it); without one the
+    admin API answers 503. `extensions`: what APP_EXTENSIONS' modules define."""
     # PyJWT warns on every signature with a short key; main() warns once instead.
     warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
     event_log = event_log or open_event_log(config)
     broadcaster = Broadcaster()  # the one owner of the event sockets; the store tells it what is new
     event_log.add_listener(broadcaster)
+    extensions = extensions or Extensions()
+    app_context = AppContext(config, event_log, SharedLiveKitAPI(config, livekit_api))
+    runner = (
+        EventHandlerRunner(list(extensions.event_handlers), open_feed(config, event_log), app_context)
+        if extensions.event_handlers
+        else None
+    )
+    rooms = Rooms(config, event_log, livekit_api)
+    # Who gets a token: the built-in rules, the extensions' in order, then bans and
+    # identity conflicts, on the identity the others settled on.
+    authorize = (
+        BUILT_IN,
+        *extensions.authorize,
+        Step("bans and IDENTITY_CONFLICT", rooms.admission.authorize),
+    )
     verifier = WebhookVerifier(config.livekit_api_key, config.livekit_api_secret, config.livekit_webhook_keys)
     webhook = (WebhookHandler, {"event_log": event_log, "verifier": verifier})
     # Tried in order: the busiest endpoint first.
@@ -66,7 +89,10 @@ def make_app(
         (
             r"/+token",
             TokenHandler,
-            {"rate_limiter": RateLimiter(config.token_rate_limit) if config.token_rate_limit else None},
+            {
+                "rate_limiter": RateLimiter(config.token_rate_limit) if config.token_rate_limit else None,
+                "steps": authorize,
+            },
         ),
         (r"/", IndexHandler),
         (r"/livekit/webhook", *webhook),
@@ -86,6 +112,7 @@ def make_app(
         ),
         *rooms_handlers.routes,
     ]
+    routes += extensions.routes(app_context, [str(route[0]) for route in routes])
     jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
     return Application(
         routes,
@@ -93,7 +120,10 @@ def make_app(
         event_log=event_log,
         broadcaster=broadcaster,
         livekit_api=livekit_api,
-        rooms=Rooms(config, event_log, livekit_api),
+        rooms=rooms,
+        extensions=extensions,
+        app_context=app_context,
+        event_handlers=runner,
         jinja=jinja,
         static_path=str(PROJECT_DIR / "static"),
         static_handler_class=StaticFileHandler,
@@ -111,6 +141,7 @@ def run() -> None:
     What stops it from starting is one line: exit 2 for a setting, 1 for anything else."""
     try:
         config = Config.from_env()
+        extensions = load_extensions(config.app_extensions)
     except ConfigError as error:
         print(f"Configuration error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
@@ -119,22 +150,58 @@ def run() -> None:
         if config.event_loop == "uvloop":
             import uvloop
 
-            uvloop.run(main(config))
+            uvloop.run(main(config, extensions))
         else:
-            asyncio.run(main(config))
+            asyncio.run(main(config, extensions))
+    except ConfigError as error:  # an extension refused the settings (its setup, its routes)
+        print(f"Configuration error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
     except StartupError as error:
         log.error("Cannot start: %s", error)
         raise SystemExit(EXIT_RUNTIME) from None
 
 
-async def main(config: Config) -> None:
+def explain_settings(config: Config) -> None:
+    """Settings whose empty value is easy to misread: say what it means."""
+    if not config.cors_allowed_origins:
+        log.info(
+            "CORS_ALLOWED_ORIGINS is empty: no page on another origin may call /token "
+            "(same-origin pages and non-browser clients still may)"
+        )
+    if not config.token_client_fields:
+        log.info("TOKEN_CLIENT_FIELDS is empty: clients may set none of metadata, attributes, room_config")
+    if config.app_extensions:
+        log.info("Extensions: %s", ", ".join(config.app_extensions))
+
+
+async def start_app(app: tornado.web.Application) -> None:
+    """What needs the running loop: the store, the LiveKit API client, the extensions'
+    setup, the event handlers, the room directory."""
+    event_log: EventLog = app.settings["event_log"]
+    await event_log.start()
+    app_context: AppContext = app.settings["app_context"]
+    app_context.shared_api.get()
+    extensions: Extensions = app.settings["extensions"]
+    await extensions.run_setups(app_context)
+    runner: EventHandlerRunner | None = app.settings["event_handlers"]
+    if runner is not None:
+        await runner.start()
+        event_log.subscribe(WakeOnAppend(runner))
+    await app.settings["rooms"].start()
+
+
+async def main(config: Config, extensions: Extensions | None = None) -> None:
     sockets = listen(config)
     livekit_api = open_livekit_api(config)
     try:
-        app = make_app(config, livekit_api=livekit_api)
+        app = make_app(config, livekit_api=livekit_api, extensions=extensions)
         event_log: EventLog = app.settings["event_log"]
-        await event_log.start()
-        await app.settings["rooms"].start()
+        await start_app(app)
+    except ConfigError:
+        for sock in sockets:
+            sock.close()
+        await livekit_api.aclose()
+        raise
     except (sqlite3.Error, OSError) as error:
         for sock in sockets:
             sock.close()
@@ -163,6 +230,7 @@ async def main(config: Config) -> None:
         log.warning("LIVEKIT_API_SECRET is shorter than 32 characters; use a longer one")
     if config.app_env == "production" and not config.events_auth_secret:
         log.warning("WS /events and /events/history are off: in production they need EVENTS_AUTH_SECRET")
+    explain_settings(config)
     log.info(
         "Listening on http://localhost:%d (LiveKit at %s, events in %s, at most %d connections)",
         config.server_port,
@@ -223,6 +291,9 @@ async def shutdown(
     app.settings["broadcaster"].close_all(CLOSE_GOING_AWAY, "Server shutting down")
     rooms: Rooms = app.settings["rooms"]
     await rooms.stop()
+    # Event handlers finish the call they are in meanwhile; the rest waits in the store.
+    runner: EventHandlerRunner | None = app.settings["event_handlers"]
+    handlers_stopped = asyncio.ensure_future(runner.stop(SHUTDOWN_SECONDS) if runner else asyncio.sleep(0))
     in_flight: set[Any] = app.settings["requests_in_flight"]
     deadline = asyncio.get_running_loop().time() + SHUTDOWN_SECONDS
     while in_flight and asyncio.get_running_loop().time() < deadline:
@@ -232,10 +303,22 @@ async def shutdown(
     # Idle keep-alive connections and closing sockets are owed nothing more.
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), CONNECTIONS_CLOSE_SECONDS)
-    await event_log.close()
+    await handlers_stopped
+    await stop_app(app)
+
+
+async def stop_app(app: tornado.web.Application) -> None:
+    """After the requests: the event handlers, the room directory, the store, the ban
+    store, the LiveKit API client."""
+    runner: EventHandlerRunner | None = app.settings["event_handlers"]
+    if runner is not None:
+        await runner.stop(SHUTDOWN_SECONDS)
+    rooms: Rooms = app.settings["rooms"]
+    await rooms.stop()
+    await app.settings["event_log"].close()
     await rooms.close()
-    if app.settings["livekit_api"] is not None:
-        await app.settings["livekit_api"].aclose()
+    app_context: AppContext = app.settings["app_context"]
+    await app_context.shared_api.aclose()
 
 
 if __name__ == "__main__":

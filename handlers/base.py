@@ -108,7 +108,8 @@ class NotFoundHandler(ApiHandler):
 
 class CorsMixin(ApiHandler):
     """CORS for endpoints that browser clients call from other origins (tutorial dev
-    servers on :5080, Electron's `Origin: null`); no credentials are ever involved."""
+    servers on :5080, Electron's `Origin: null`). Credentials (cookies) only for origins
+    listed by name: never with `*`, never for the opaque `null`."""
 
     cors_methods = "POST, OPTIONS"
 
@@ -125,6 +126,8 @@ class CorsMixin(ApiHandler):
         elif origin.rstrip("/") in allowed:
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Vary", "Origin")
+            if origin != "null":
+                self.set_header("Access-Control-Allow-Credentials", "true")
         else:
             self.cors_allowed = False
             return

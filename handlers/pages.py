@@ -62,14 +62,14 @@ class HealthHandler(ApiHandler):
     def get(self) -> None:
         store: dict[str, Any] = self.event_log.health()  # {"store", "ok"}: no error text
         status = 200 if store["ok"] else 503
-        self.write_json(
-            {
-                "status": "ok" if store["ok"] else "degraded",
-                "eventStore": store,
-                "sockets": self.broadcaster.count,
-            },
-            status=status,
-        )
+        health = {
+            "status": "ok" if store["ok"] else "degraded",
+            "eventStore": store,
+            "sockets": self.broadcaster.count,
+        }
+        if self.settings.get("event_handlers"):  # parked events are counted, not a failure
+            health["eventHandlers"] = self.settings["event_handlers"].health()
+        self.write_json(health, status=status)
 
     head = get  # load balancers check with HEAD
 

@@ -1,7 +1,7 @@
 """Who may have a token for a room, beyond the token endpoint's own rules: not a
 banned identity, and not an identity already in the room unless IDENTITY_CONFLICT
-says how. One call, made by /token once the request is parsed (issue 12 turns it
-into a step of the `authorize` chain)."""
+says how. It is the last step of /token's `authorize` chain (after the built-in rules and the
+extensions')."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from livekit.protocol.models import ParticipantInfo
 from livekit.protocol.room import ListParticipantsRequest
 
 from config import Config
+from extensions.authorize import Grant, TokenRequest
 from handlers.base import ApiError
 from rooms.bans import BanStore, BansUnavailable
 from rooms.livekit import LiveKitUnavailable, ask_livekit
@@ -46,6 +47,12 @@ class Admission:
                 await self._refuse_if_banned(room, candidate)
                 return candidate, name or identity  # the display name stays what they typed
         raise ApiError(409, f"{identity!r} and {MAX_SUFFIX - 1} suffixed names are in room {room!r} already")
+
+    async def authorize(self, request: TokenRequest, grant: Grant) -> Grant:
+        """The last step of /token's authorize chain: on the room and identity the built-in
+        rules and the extensions settled on."""
+        grant.identity, grant.name = await self.admit(grant.room, grant.identity, grant.name)
+        return grant
 
     async def _refuse_if_banned(self, room: str, identity: str) -> None:
         try:

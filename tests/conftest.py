@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import secrets
 import shutil
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,9 @@ import pytest
 from livekit.api import AccessToken
 
 from config import Config
-from server import make_app
-from tests.processes import ServerProcess
+from extensions import load_extensions
+from server import make_app, start_app, stop_app
+from tests.processes import Receiver, ServerProcess
 
 API_KEY = "devkey"
 API_SECRET = "secret"
@@ -34,8 +37,21 @@ def config(tmp_path: Any, request: pytest.FixtureRequest) -> Config:
 
 
 @pytest.fixture
-def app(config: Config) -> Any:
-    return make_app(config)
+def app(config: Config, request: pytest.FixtureRequest) -> Any:
+    """The app; a test loads extension modules with `@pytest.mark.extensions("module", ...)`."""
+    marker = request.node.get_closest_marker("extensions")
+    return make_app(config, extensions=load_extensions(marker.args if marker else ()))
+
+
+@contextlib.asynccontextmanager
+async def running(app: Any) -> AsyncIterator[Any]:
+    """The app as main() runs it: store, LiveKit client, extensions' setup and event
+    handlers started (pytest-tornado's fixtures only serve it); stopped on the way out."""
+    await start_app(app)
+    try:
+        yield app
+    finally:
+        await stop_app(app)
 
 
 def webhook_event(event: str = "room_started", room: str = "R", **extra: Any) -> dict[str, Any]:
@@ -48,6 +64,80 @@ def webhook_event(event: str = "room_started", room: str = "R", **extra: Any) ->
     }
     body.update(extra)
     return body
+
+
+# One helper per kind of request the tests make, in process (pytest-tornado's http_client):
+
+
+OPENVIDU_BODY = {"roomName": "R", "participantName": "alice"}
+
+
+async def post_token(
+    http_client: Any,
+    base_url: str,
+    body: Any = OPENVIDU_BODY,
+    path: str = "/token",
+    headers: dict[str, str] | None = None,
+    **fetch_options: Any,
+) -> Any:
+    """POST /token with a JSON body (or raw bytes/str as given); the answer, whatever its status."""
+    raw = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return await http_client.fetch(
+        base_url + path,
+        method="POST",
+        body=raw,
+        raise_error=False,
+        headers={"Content-Type": "application/json", **(headers or {})},
+        **fetch_options,
+    )
+
+
+def token_claims(answer: Any) -> Any:
+    """The claims of the token in a /token answer (either shape) or of a token, verified
+    with livekit-api's TokenVerifier."""
+    from livekit.api import TokenVerifier
+
+    if isinstance(answer, str):
+        token = answer
+    else:
+        body = json.loads(answer.body)
+        token = body.get("token") or body["participant_token"]
+    return TokenVerifier(API_KEY, API_SECRET).verify(token)
+
+
+async def send_webhook(
+    http_client: Any,
+    base_url: str,
+    event: dict[str, Any] | bytes,
+    path: str = "/livekit/webhook",
+    **sign_args: Any,
+) -> Any:
+    """POST a webhook signed as livekit-server signs it; the answer, whatever its status."""
+    return await http_client.fetch(base_url + path, **webhook_request(event, **sign_args))
+
+
+def events_url(base_url: str, since: str | None = None) -> str:
+    return base_url.replace("http", "ws", 1) + "/events" + (f"?since={since}" if since else "")
+
+
+async def open_socket(base_url: str, since: str | None = None, **headers: str) -> Any:
+    """WS /events (after `since`), as a browser on this server's own page opens it."""
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    return await websocket_connect(HTTPRequest(events_url(base_url, since), headers=headers))
+
+
+async def read_frames(socket: Any, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+    """The next `count` frames of an events socket, parsed; fails if it closes first."""
+    import asyncio
+
+    frames = []
+    for _ in range(count):
+        message = await asyncio.wait_for(socket.read_message(), timeout)
+        assert message is not None, "socket closed early"
+        frames.append(json.loads(message))
+    return frames
 
 
 def sign(
@@ -130,6 +220,20 @@ def server_process(tmp_path: Path) -> Any:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def receiver() -> Any:
+    """Start HTTP endpoints that record what is POSTed to them (see Receiver)."""
+    started: list[Receiver] = []
+
+    def start(statuses: list[int] | None = None, then: int = 200) -> Receiver:
+        started.append(Receiver(statuses, then))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.stop()
 
 
 def post_webhook(

@@ -145,3 +145,55 @@ class EventSocket:
         self._loop.call_soon_threadsafe(self._client.close)
         self._thread.join(10)
         self._loop.close()
+
+
+class Receiver:
+    """An HTTP endpoint on a free loopback port, on a thread: it records every POST and
+    answers with the next status of `statuses` (then `then`), like a service events are
+    forwarded to."""
+
+    def __init__(self, statuses: list[int] | None = None, then: int = 200) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.statuses = list(statuses or [])
+        self.then = then
+        self.received: list[tuple[dict[str, str], bytes, int]] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver._lock:
+                    status = receiver.statuses.pop(0) if receiver.statuses else receiver.then
+                    receiver.received.append((dict(self.headers), body, status))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/events"
+
+    def delivered(self) -> list[str]:
+        """Event ids answered 2xx, in arrival order."""
+        with self._lock:
+            return [headers["X-Event-Id"] for headers, _, status in self.received if 200 <= status < 300]
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while len(self.delivered()) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.delivered()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

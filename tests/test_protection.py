@@ -18,39 +18,30 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from config import PROJECT_DIR
-from tests.conftest import post_webhook, webhook_event
+from tests.conftest import OPENVIDU_BODY, post_token, post_webhook, webhook_event
 from tests.processes import ServerProcess
-
-OPENVIDU_BODY = json.dumps({"roomName": "R", "participantName": "alice"})
-
-
-async def ask_token(http_client: Any, base_url: str, body: str = OPENVIDU_BODY, **options: Any) -> Any:
-    headers = {"Content-Type": "application/json", **options.pop("headers", {})}
-    return await http_client.fetch(
-        base_url + "/token", method="POST", body=body, headers=headers, raise_error=False, **options
-    )
 
 
 @pytest.mark.settings(token_rate_limit=5)
 @pytest.mark.gen_test
 async def test_rate_limit_stops_the_abuser_only(http_client: Any, base_url: str) -> None:
-    answers = [(await ask_token(http_client, base_url)).code for _ in range(7)]
+    answers = [(await post_token(http_client, base_url)).code for _ in range(7)]
     assert answers == [200] * 5 + [429] * 2
-    limited = await ask_token(http_client, base_url)
+    limited = await post_token(http_client, base_url)
     assert int(limited.headers["Retry-After"]) >= 1
     assert "Too many token requests" in json.loads(limited.body)["errorMessage"]
     # Another client address (127.0.0.2 is loopback too) is not affected.
-    other = await ask_token(http_client, base_url, network_interface="127.0.0.2")
+    other = await post_token(http_client, base_url, network_interface="127.0.0.2")
     assert other.code == 200
 
 
 @pytest.mark.settings(token_auth_secret="s3cret-for-tokens")
 @pytest.mark.gen_test
 async def test_shared_secret_auth(http_client: Any, base_url: str) -> None:
-    assert (await ask_token(http_client, base_url)).code == 401
-    wrong = await ask_token(http_client, base_url, headers={"Authorization": "Bearer guess"})
+    assert (await post_token(http_client, base_url)).code == 401
+    wrong = await post_token(http_client, base_url, headers={"Authorization": "Bearer guess"})
     assert wrong.code == 401 and "TOKEN_AUTH_SECRET" in json.loads(wrong.body)["errorMessage"]
-    right = await ask_token(http_client, base_url, headers={"Authorization": "Bearer s3cret-for-tokens"})
+    right = await post_token(http_client, base_url, headers={"Authorization": "Bearer s3cret-for-tokens"})
     assert right.code == 200
     preflight = await http_client.fetch(
         base_url + "/token",
@@ -69,20 +60,20 @@ async def test_shared_secret_auth(http_client: Any, base_url: str) -> None:
 )
 @pytest.mark.gen_test
 async def test_grant_policy(http_client: Any, base_url: str) -> None:
-    forbidden = await ask_token(http_client, base_url, json.dumps({"room_config": {"agents": []}}))
+    forbidden = await post_token(http_client, base_url, json.dumps({"room_config": {"agents": []}}))
     assert forbidden.code == 403
     assert json.loads(forbidden.body)["errorMessage"].startswith("room_config may not be set")
-    metadata = await ask_token(http_client, base_url, json.dumps({"participant_metadata": "admin"}))
+    metadata = await post_token(http_client, base_url, json.dumps({"participant_metadata": "admin"}))
     assert metadata.code == 403 and "participant_metadata" in json.loads(metadata.body)["errorMessage"]
-    allowed = await ask_token(
+    allowed = await post_token(
         http_client, base_url, json.dumps({"room_name": "team-bl", "participant_attributes": {"a": "b"}})
     )
     assert allowed.code == 201
-    off_pattern = await ask_token(
+    off_pattern = await post_token(
         http_client, base_url, json.dumps({"roomName": "other", "participantName": "a"})
     )
     assert off_pattern.code == 422 and "ROOM_NAME_PATTERN" in json.loads(off_pattern.body)["errorMessage"]
-    too_long = await ask_token(
+    too_long = await post_token(
         http_client, base_url, json.dumps({"roomName": "team-a", "participantName": "a" * 9})
     )
     assert too_long.code == 400 and "at most 8" in json.loads(too_long.body)["errorMessage"]
@@ -120,7 +111,9 @@ def test_tokens_never_reach_the_log(server_process: Any) -> None:
 
     server = server_process()
     request = urllib.request.Request(
-        server.url + "/token", data=OPENVIDU_BODY.encode(), headers={"Content-Type": "application/json"}
+        server.url + "/token",
+        data=json.dumps(OPENVIDU_BODY).encode(),
+        headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request) as response:
         token = json.loads(response.read())["token"]
@@ -235,7 +228,7 @@ def token_status(url: str, client_address: str | None = None) -> int:
     # Both headers a proxy may set (nginx's examples set X-Real-IP, others X-Forwarded-For).
     proxied = {"X-Real-Ip": client_address, "X-Forwarded-For": client_address} if client_address else {}
     headers = {"Content-Type": "application/json", **proxied}
-    request = urllib.request.Request(url + "/token", data=OPENVIDU_BODY.encode(), headers=headers)
+    request = urllib.request.Request(url + "/token", data=json.dumps(OPENVIDU_BODY).encode(), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return int(response.status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from config import PROJECT_DIR
 
 BLOCK = re.compile(r"```sh\n(.*?)```", re.DOTALL)
+MAKE_IT_YOURS = re.compile(r"^## Make it yours\n(.*?)^## ", re.DOTALL | re.MULTILINE)
 
 
 # Its examples need a LiveKit server with people in a room: tests/test_rooms_e2e.py runs them.
@@ -18,7 +20,8 @@ ADMIN_SECTION = "\n## Rooms and moderation\n"
 
 
 def curl_examples(admin: bool = False) -> list[tuple[str, str]]:
-    readme = (PROJECT_DIR / "README.md").read_text()
+    # "Make it yours" starts servers of its own (see below).
+    readme = MAKE_IT_YOURS.sub("## ", (PROJECT_DIR / "README.md").read_text())
     before, _, section = readme.partition(ADMIN_SECTION)
     section, _, after = section.partition("\n## ")
     examples = []
@@ -56,3 +59,79 @@ def test_curl_example(server_process: Any, command: str, expected: str) -> None:
     )
     pattern = ".*".join(re.escape(part) for part in expected.split("..."))
     assert re.fullmatch(pattern, result.stdout.strip()), (result.stdout, result.stderr)
+
+
+def walkthroughs() -> dict[str, str]:
+    """The "Make it yours" subsections, by the example file each walks through."""
+    section = MAKE_IT_YOURS.search((PROJECT_DIR / "README.md").read_text())
+    assert section, "README has a Make it yours section"
+    found = {}
+    for part in section.group(1).split("\n### ")[1:]:
+        example = re.search(r"`(examples/\w+\.py)`", part.splitlines()[0])
+        assert example, part.splitlines()[0]
+        found[example.group(1)] = part
+    return found
+
+
+def test_make_it_yours_walks_through_every_example() -> None:
+    shipped = {f"examples/{path.name}" for path in (PROJECT_DIR / "examples").glob("[!_]*.py")}
+    assert set(walkthroughs()) == shipped
+
+
+@pytest.mark.parametrize("example", sorted(walkthroughs()))
+def test_make_it_yours_shows_the_examples_own_code(example: str) -> None:
+    code = (PROJECT_DIR / example).read_text()
+    excerpts = re.findall(r"```python\n(.*?)```", walkthroughs()[example], re.DOTALL)
+    assert excerpts
+    for excerpt in excerpts:
+        assert excerpt in code, f"README's excerpt is not {example}'s code:\n{excerpt}"
+
+
+@pytest.mark.parametrize("example", sorted(walkthroughs()))
+def test_make_it_yours_as_written(
+    example: str, server_process: Any, receiver: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Start the server as the walkthrough says, run its commands, get what it shows."""
+    start, *commands = BLOCK.findall(walkthroughs()[example])
+    assert start.strip().endswith("make run"), start
+    env = dict(re.findall(r"(\w+)=(\S+)", start.strip().removesuffix("make run")))
+    if "FORWARD_URL" in env:
+        target = receiver()
+        env["FORWARD_URL"] = target.url
+    if "room_list" in env["APP_EXTENSIONS"]:
+        env["LIVEKIT_URL"] = livekit_for(request, tmp_path)
+    server = server_process(**env)
+    for command in commands:
+        lines = command.strip().splitlines()
+        expected = [line[2:] for line in lines if line.startswith("# ")]
+        script = "\n".join(line for line in lines if not line.startswith("#"))
+        script = script.replace("localhost:6080", f"127.0.0.1:{server.port}")
+        for value in env.values():
+            if value.startswith("data/"):  # the server's files are in its working directory
+                script = script.replace(value, str(tmp_path / value))
+        result = subprocess.run(
+            ["bash", "-c", script], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=30
+        )
+        pattern = ".*".join(re.escape(part) for part in expected[0].split("..."))
+        assert re.fullmatch(pattern, result.stdout.strip()), (result.stdout, result.stderr)
+    if "FORWARD_URL" in env:  # the forwarder's walkthrough: an event reaches the service once
+        from tests.conftest import post_webhook, webhook_event
+
+        event = webhook_event("room_started", room="readme")
+        assert post_webhook(server.url, event) == 200
+        assert target.wait_for(1) == [event["id"]]
+
+
+def livekit_for(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A real livekit-server, what `make run` starts next to the server."""
+    from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary
+    from tests.conftest import require
+
+    binary = find_binary()
+    require("livekit-server", binary is not None, HOW_TO_GET)
+    assert binary is not None
+    livekit = LiveKitServer(
+        binary, "http://127.0.0.1:9/livekit/webhook", log_path=tmp_path / "lk.log"
+    ).start()
+    request.addfinalizer(livekit.stop)
+    return livekit.url

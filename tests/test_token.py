@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from livekit.api import TokenVerifier
 
-from tests.conftest import API_KEY, API_SECRET
-
-verifier = TokenVerifier(API_KEY, API_SECRET)
-
-
-async def post_token(http_client: Any, base_url: str, body: Any, path: str = "/token", **headers: str) -> Any:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return await http_client.fetch(
-        base_url + path,
-        method="POST",
-        body=raw,
-        raise_error=False,
-        headers={"Content-Type": "application/json", **headers},
-    )
-
-
-def claims_of(token: str) -> Any:
-    return verifier.verify(token)
+from tests.conftest import API_KEY, API_SECRET, post_token, token_claims
 
 
 @pytest.mark.gen_test
@@ -36,7 +19,7 @@ async def test_openvidu_shape_gives_exactly_a_token(http_client: Any, base_url: 
     assert response.code == 200
     body = json.loads(response.body)
     assert list(body) == ["token"]  # the Android client rejects unknown keys
-    claims = claims_of(body["token"])
+    claims = token_claims(body["token"])
     assert claims.identity == "alice"
     assert claims.video.room == "R1"
     assert claims.video.room_join is True
@@ -49,7 +32,7 @@ async def test_openvidu_shape_gives_exactly_a_token(http_client: Any, base_url: 
 async def test_doubled_slash_reaches_the_token_handler(http_client: Any, base_url: str) -> None:
     response = await post_token(http_client, base_url, {"roomName": "R", "participantName": "ios"}, "//token")
     assert response.code == 200
-    assert claims_of(json.loads(response.body)["token"]).identity == "ios"
+    assert token_claims(json.loads(response.body)["token"]).identity == "ios"
 
 
 @pytest.mark.gen_test
@@ -66,7 +49,7 @@ async def test_standard_shape_carries_every_field_into_the_token(http_client: An
     assert response.code == 201
     body = json.loads(response.body)
     assert body["server_url"] == "ws://localhost:7880"
-    claims = claims_of(body["participant_token"])
+    claims = token_claims(body["participant_token"])
     assert (claims.identity, claims.name, claims.video.room) == ("user-7", "Ada", "support")
     assert claims.metadata == '{"role":"agent"}'
     assert claims.attributes == {"team": "blue"}
@@ -78,17 +61,14 @@ async def test_standard_shape_carries_every_field_into_the_token(http_client: An
 async def test_standard_shape_generates_missing_room_and_identity(http_client: Any, base_url: str) -> None:
     first = json.loads((await post_token(http_client, base_url, {})).body)["participant_token"]
     second = json.loads((await post_token(http_client, base_url, {})).body)["participant_token"]
-    one, two = claims_of(first), claims_of(second)
+    one, two = token_claims(first), token_claims(second)
     assert one.identity and one.video.room and one.video.room_join
     assert one.identity != two.identity and one.video.room != two.video.room
 
 
+@pytest.mark.settings(token_ttl=timedelta(minutes=10))
 @pytest.mark.gen_test
-async def test_token_ttl_follows_config(http_client: Any, base_url: str, app: Any) -> None:
-    from dataclasses import replace
-    from datetime import timedelta
-
-    app.settings["config"] = replace(app.settings["config"], token_ttl=timedelta(minutes=10))
+async def test_token_ttl_follows_config(http_client: Any, base_url: str) -> None:
     token = json.loads(
         (await post_token(http_client, base_url, {"roomName": "R", "participantName": "a"})).body
     )
@@ -178,20 +158,19 @@ async def test_preflight_from_a_tutorial_dev_server(http_client: Any, base_url: 
     assert "content-type" in response.headers["Access-Control-Allow-Headers"].lower()
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
     actual = await post_token(
-        http_client, base_url, {"roomName": "R", "participantName": "a"}, Origin="http://localhost:5080"
+        http_client,
+        base_url,
+        {"roomName": "R", "participantName": "a"},
+        headers={"Origin": "http://localhost:5080"},
     )
     assert actual.headers["Access-Control-Allow-Origin"] == "*"
 
 
+@pytest.mark.settings(cors_allowed_origins=("http://localhost:5080", "null"))
 @pytest.mark.gen_test
-async def test_allow_list_of_origins(http_client: Any, base_url: str, app: Any) -> None:
-    from dataclasses import replace
-
-    app.settings["config"] = replace(
-        app.settings["config"], cors_allowed_origins=("http://localhost:5080", "null")
-    )
+async def test_allow_list_of_origins(http_client: Any, base_url: str) -> None:
     electron = await post_token(
-        http_client, base_url, {"roomName": "R", "participantName": "a"}, Origin="null"
+        http_client, base_url, {"roomName": "R", "participantName": "a"}, headers={"Origin": "null"}
     )
     assert electron.code == 200 and electron.headers["Access-Control-Allow-Origin"] == "null"
     foreign = await http_client.fetch(
@@ -215,37 +194,40 @@ async def test_allow_list_of_origins(http_client: Any, base_url: str, app: Any) 
             "room_config": {"agents": [{"agent_name": "x"}]},
         },
         {"attributes": {}, "metadata": ""},
+        {"video": {"can_publish": False, "hidden": True, "can_publish_sources": ["microphone"]}},
     ],
 )
 def test_minted_claims_are_what_livekit_api_writes(extra: dict[str, Any]) -> None:
-    """TokenClaims mints without AccessToken for speed; the payload must stay the same."""
+    """Grants are minted without AccessToken for speed; the payload must stay the same."""
+    from datetime import timedelta
+
     import jwt
-    from google.protobuf.json_format import MessageToDict, ParseDict
+    from google.protobuf.json_format import ParseDict
     from livekit.api import AccessToken, VideoGrants
     from livekit.protocol.room import RoomConfiguration
 
-    from handlers.token import TokenClaims
+    from config import Config
+    from extensions import Grant
+    from handlers.token import mint
 
-    reference = (
-        AccessToken(API_KEY, API_SECRET)
-        .with_identity("alice")
-        .with_grants(VideoGrants(room_join=True, room="R"))
-    )
-    ours = TokenClaims("R", "alice", name=extra.get("name", ""))
+    video = VideoGrants(room_join=True, room="R", **extra.get("video", {}))
+    reference = AccessToken(API_KEY, API_SECRET).with_identity("alice").with_grants(video)
+    ours = Grant("R", "alice", name=extra.get("name", ""), video=VideoGrants(**extra.get("video", {})))
     if "name" in extra:
         reference.with_name(extra["name"])
     if "metadata" in extra:
         reference.with_metadata(extra["metadata"])
-        ours.extra["metadata"] = extra["metadata"]
+        ours.metadata = extra["metadata"]
     if "attributes" in extra:
         reference.with_attributes(extra["attributes"])
-        ours.extra["attributes"] = extra["attributes"]
+        ours.attributes = extra["attributes"]
     if "room_config" in extra:
-        config = ParseDict(extra["room_config"], RoomConfiguration())
-        reference.with_room_config(config)
-        ours.extra["roomConfig"] = MessageToDict(config)
+        room_config = ParseDict(extra["room_config"], RoomConfiguration())
+        reference.with_room_config(room_config)
+        ours.room_config = room_config
     theirs = jwt.decode(reference.to_jwt(), API_SECRET, algorithms=["HS256"])
-    mine = jwt.decode(ours.to_jwt(API_KEY, API_SECRET, 6 * 3600), API_SECRET, algorithms=["HS256"])
+    config = Config(token_ttl=timedelta(hours=6))
+    mine = jwt.decode(mint(ours, config), API_SECRET, algorithms=["HS256"])
     assert abs(mine.pop("exp") - theirs.pop("exp")) <= 1 and abs(mine.pop("nbf") - theirs.pop("nbf")) <= 1
     assert mine == theirs
     assert list(mine) == list(theirs)  # the same order too: byte-for-byte the same token shape
@@ -299,7 +281,7 @@ async def test_operator_allows_more_of_room_config(http_client: Any, base_url: s
     room_config = {"max_participants": 3, "agents": [{"agent_name": "helper", "deployment": "canary"}]}
     response = await post_token(http_client, base_url, {"room_name": "R", "room_config": room_config})
     assert response.code == 201
-    claims = claims_of(json.loads(response.body)["participant_token"])
+    claims = token_claims(json.loads(response.body)["participant_token"])
     assert claims.room_config.max_participants == 3
     assert claims.room_config.agents[0].deployment == "canary"
     egress = await post_token(http_client, base_url, {"room_config": {"egress": {"room": {}}}})
@@ -313,19 +295,23 @@ async def test_room_config_fields_none_refuses_even_agents(http_client: Any, bas
     assert response.code == 403 and "room_config.agents" in json.loads(response.body)["errorMessage"]
 
 
-@pytest.mark.parametrize("pattern", [r"[a-z0-9]+", r"room-[0-9a-f]{8}", r"[a-z]+_[0-9a-f]+", r"[0-9a-f]{8}"])
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        pytest.param(pattern, marks=pytest.mark.settings(room_name_pattern=pattern))
+        for pattern in (r"[a-z0-9]+", r"room-[0-9a-f]{8}", r"[a-z]+_[0-9a-f]+", r"[0-9a-f]{8}")
+    ],
+)
 @pytest.mark.gen_test
 async def test_generated_room_names_obey_room_name_pattern(
-    http_client: Any, base_url: str, app: Any, pattern: str
+    http_client: Any, base_url: str, pattern: str
 ) -> None:
     import re
-    from dataclasses import replace
 
-    app.settings["config"] = replace(app.settings["config"], room_name_pattern=pattern)
     for _ in range(5):
         response = await post_token(http_client, base_url, {"participant_identity": "a"})
         assert response.code == 201
-        room = claims_of(json.loads(response.body)["participant_token"]).video.room
+        room = token_claims(json.loads(response.body)["participant_token"]).video.room
         assert re.fullmatch(pattern, room), room
 
 
@@ -382,7 +368,7 @@ async def test_names_refuse_control_format_and_separator_characters(
 async def test_real_names_still_pass(http_client: Any, base_url: str, name: str) -> None:
     response = await post_token(http_client, base_url, {"roomName": name, "participantName": name})
     assert response.code == 200
-    claims = claims_of(json.loads(response.body)["token"])
+    claims = token_claims(json.loads(response.body)["token"])
     assert (claims.video.room, claims.identity) == (name, name)
 
 
@@ -423,6 +409,6 @@ async def test_free_text_may_span_lines(http_client: Any, base_url: str) -> None
     }
     response = await post_token(http_client, base_url, body)
     assert response.code == 201
-    claims = claims_of(json.loads(response.body)["participant_token"])
+    claims = token_claims(json.loads(response.body)["participant_token"])
     assert claims.metadata == body["participant_metadata"]
     assert claims.attributes == body["participant_attributes"]

@@ -1,0 +1,53 @@
+"""What extensions get from the server: its config, its event log, one shared LiveKit API client."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from livekit.api import LiveKitAPI
+
+from config import Config
+from eventlog import EventLog
+from rooms.livekit import open_livekit_api
+
+
+class SharedLiveKitAPI:
+    """The one livekit-api client of the process (one HTTP connection pool): the one main()
+    opened at start-up, or else one made on first use inside the event loop (aiohttp needs
+    a running loop); closed at shutdown."""
+
+    def __init__(self, config: Config, client: LiveKitAPI | None = None) -> None:
+        self._config = config
+        self._client = client
+
+    def get(self) -> LiveKitAPI:
+        if self._client is None:
+            asyncio.get_running_loop()  # fail here, clearly, outside the loop
+            self._client = open_livekit_api(self._config)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """The server's shared parts, for extension routes, authorize steps and event handlers.
+
+    - `config`: the server's settings (`config.setting("MY_SETTING")` reads your own from
+      the environment or `.env`);
+    - `event_log`: the durable webhook event log (`await event_log.read(since, limit)`);
+    - `livekit_api`: livekit-api's `LiveKitAPI`, for LiveKit's RoomService, EgressService...
+      at `LIVEKIT_API_URL`. Shared: do not close it; the server does at shutdown.
+    """
+
+    config: Config
+    event_log: EventLog
+    shared_api: SharedLiveKitAPI = field(repr=False)
+
+    @property
+    def livekit_api(self) -> LiveKitAPI:
+        return self.shared_api.get()
