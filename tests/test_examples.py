@@ -1,4 +1,6 @@
-"""The shipped examples, run as the README says, against a real server process."""
+"""The shipped examples, run as the README says, against a real server process.
+(In-process tests come before the browser test: Playwright's sync API then holds this
+thread's event loop.)"""
 
 from __future__ import annotations
 
@@ -188,6 +190,31 @@ async def test_app_session_decides_who_joins_which_room(app: Any, http_client: A
             )
 
 
+@pytest.mark.settings(**APP_SESSION)
+@pytest.mark.extensions("examples.app_session")
+@pytest.mark.gen_test
+async def test_bans_apply_to_the_identity_the_extension_chose(
+    app: Any, http_client: Any, base_url: str
+) -> None:
+    """Bans and identity conflicts are the chain's last step: they see the session's `sub`,
+    not the participantName the client typed."""
+    from tests.conftest import running
+
+    async with running(app):
+        await app.settings["rooms"].bans.ban("daily", "user-42", 60)
+        session_42 = session(sub="user-42", rooms=["daily"])
+        for typed in ("user-42", "someone-else"):
+            body = {"roomName": "daily", "participantName": typed}
+            refused = await post_token(
+                http_client, base_url, body, headers={"Authorization": f"Bearer {session_42}"}
+            )
+            assert refused.code == 403 and "user-42" in json.loads(refused.body)["errorMessage"]
+        other = session(sub="user-7", rooms=["daily"])
+        body = {"roomName": "daily", "participantName": "user-42"}
+        allowed = await post_token(http_client, base_url, body, headers={"Authorization": f"Bearer {other}"})
+        assert allowed.code == 200 and token_claims(allowed).identity == "user-7"
+
+
 def test_app_session_needs_its_secret(server_process: Any) -> None:
     with pytest.raises(RuntimeError) as failed:
         server_process(APP_EXTENSIONS="examples.app_session", APP_SESSION_SECRET="short")
@@ -279,28 +306,3 @@ def test_app_session_cookie_from_another_origin_in_a_real_browser(
     finally:
         pages.shutdown()
         pages.server_close()
-
-
-@pytest.mark.settings(**APP_SESSION)
-@pytest.mark.extensions("examples.app_session")
-@pytest.mark.gen_test
-async def test_bans_apply_to_the_identity_the_extension_chose(
-    app: Any, http_client: Any, base_url: str
-) -> None:
-    """Bans and identity conflicts are the chain's last step: they see the session's `sub`,
-    not the participantName the client typed."""
-    from tests.conftest import running
-
-    async with running(app):
-        await app.settings["rooms"].bans.ban("daily", "user-42", 60)
-        session_42 = session(sub="user-42", rooms=["daily"])
-        for typed in ("user-42", "someone-else"):
-            body = {"roomName": "daily", "participantName": typed}
-            refused = await post_token(
-                http_client, base_url, body, headers={"Authorization": f"Bearer {session_42}"}
-            )
-            assert refused.code == 403 and "user-42" in json.loads(refused.body)["errorMessage"]
-        other = session(sub="user-7", rooms=["daily"])
-        body = {"roomName": "daily", "participantName": "user-42"}
-        allowed = await post_token(http_client, base_url, body, headers={"Authorization": f"Bearer {other}"})
-        assert allowed.code == 200 and token_claims(allowed).identity == "user-7"
