@@ -1,16 +1,17 @@
-"""Extension routes: plain Tornado rules, whose handlers the server tracks for a graceful
-shutdown and answers errors for in JSON, whatever base class the adopter chose."""
+"""Extension routes: plain Tornado rules. Under each handler class goes handlers/base.py's
+Tracked (a graceful shutdown waits for it, errors are JSON, its body is bounded),
+whatever base class the adopter chose."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import tornado.routing
 import tornado.web
 import tornado.websocket
+
+from handlers.base import Tracked
 
 if TYPE_CHECKING:
     from extensions.app import AppContext
@@ -25,41 +26,6 @@ RoutesFactory = Callable[["AppContext"], list[Route]]
 
 class RouteError(ValueError):
     pass
-
-
-class ServerTracked(tornado.web.RequestHandler):
-    """Under an adopter's handler: in flight from its creation until it answered or its
-    client left (shutdown waits for it), and `{"errorMessage"}` JSON for errors unless the
-    adopter's class writes its own. `ApiError(status, message)` sends that message."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.settings["requests_in_flight"].add(self)
-
-    def finish(self, chunk: Any = None) -> Any:
-        try:
-            return super().finish(chunk)
-        finally:
-            self.settings["requests_in_flight"].discard(self)
-
-    def on_connection_close(self) -> None:
-        self.settings["requests_in_flight"].discard(self)
-        super().on_connection_close()
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        error = kwargs.get("exc_info", (None, None, None))[1]
-        message = getattr(error, "message", None)
-        if not isinstance(message, str):
-            message = "Internal server error" if status_code >= 500 else HTTPStatus(status_code).phrase
-        for name, value in getattr(error, "headers", {}).items():
-            self.set_header(name, value)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(orjson.dumps({"errorMessage": message}))
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
-            return  # expected traffic: the access line says enough
-        super().log_exception(typ, value, tb)
 
 
 def checked_rule(route: Any) -> tornado.routing.Rule:
@@ -83,12 +49,12 @@ def checked_rule(route: Any) -> tornado.routing.Rule:
 def tracked(handler_class: type[tornado.web.RequestHandler]) -> type[tornado.web.RequestHandler]:
     """The adopter's class first (their methods win), the server's tracking underneath.
     WebSocket handlers are left as they are: shutdown closes their connections."""
-    if issubclass(handler_class, (ServerTracked, tornado.websocket.WebSocketHandler)):
+    if issubclass(handler_class, (Tracked, tornado.websocket.WebSocketHandler)):
         return handler_class
     if handler_class is tornado.web.RequestHandler:
-        return ServerTracked
+        return Tracked
     return type(
         handler_class.__name__,
-        (handler_class, ServerTracked),
+        (handler_class, Tracked),
         {"__module__": handler_class.__module__, "__qualname__": handler_class.__qualname__},
     )

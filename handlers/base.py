@@ -1,10 +1,11 @@
-"""What every JSON endpoint shares: JSON errors, CORS, bounded request bodies."""
+"""The one handler base: JSON errors, in-flight tracking for a graceful shutdown, bounded
+request bodies, CORS; and the access log line."""
 
 from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import tornado.web
@@ -46,22 +47,36 @@ class ApiError(tornado.web.HTTPError):
         self.headers = headers or {}
 
 
-class ApiHandler(tornado.web.RequestHandler):
-    """Base of the JSON endpoints: every error is `{"errorMessage": ...}`, never a traceback."""
+class Tracked(tornado.web.RequestHandler):
+    """What every request handler of this server has, and what extensions/routes.py puts
+    under an extension's handler whatever its base class:
 
-    def set_default_headers(self) -> None:
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Content-Type-Options", "nosniff")
+    - in flight from its creation until it answered or its client left: shutdown waits
+      for it (server.shutdown);
+    - errors answered as `{"errorMessage": ...}` JSON (an ApiError's own message), never
+      a traceback, and a client error logged as one access line, not a traceback;
+    - a request body of at most `max_body_bytes`, cut as it arrives (handlers/bodies.py).
+    """
 
-    @property
-    def config(self) -> Config:
-        return self.settings["config"]
+    max_body_bytes: ClassVar[int] = 64 * 1024
 
-    def write_json(self, payload: Any, status: int = 200) -> None:
-        if status != 200:
-            self.set_status(status)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(orjson.dumps(payload))
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings["requests_in_flight"].add(self)
+
+    def finish(self, chunk: Any = None) -> Any:
+        # finish, not on_finish: a subclass that overrides on_finish without super() is
+        # still answered for.
+        try:
+            return super().finish(chunk)
+        finally:
+            self.settings["requests_in_flight"].discard(self)
+
+    def on_connection_close(self) -> None:
+        self.settings["requests_in_flight"].discard(self)
+        # Tornado's own: a streamed body still being read ends with the connection, and so
+        # does the handler (else it would wait for the rest of the body for good).
+        super().on_connection_close()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
@@ -83,44 +98,40 @@ class ApiHandler(tornado.web.RequestHandler):
         super().log_exception(typ, value, tb)
 
 
-class AwaitingHandler(ApiHandler):
-    """A handler that awaits before it answers (the store): shutdown waits for it to be
-    answered (see server.shutdown). Handlers that answer without awaiting need not."""
+class Handler(Tracked):
+    """The one base of this server's endpoints: Tracked, and what a class sets says the rest.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.settings["requests_in_flight"].add(self)
+    - `max_body_bytes`: 0 (the default) takes no body; otherwise a POST, PUT or PATCH body
+      of a `content_types` media type, refused from its declared length (413) before it is
+      read; `json_object()` reads it;
+    - `streamed_body = True`: the body is taken as it arrives and kept only up to the limit
+      (Tornado's stream_request_body, applied here);
+    - `cors_methods`: CORS for browser pages on other origins, with a preflight; credentials
+      (cookies) only for origins listed by name, never with `*` or the opaque `null`.
+    """
 
-    def on_finish(self) -> None:
-        self.settings["requests_in_flight"].discard(self)
+    max_body_bytes: ClassVar[int] = 0
+    content_types: ClassVar[tuple[str, ...]] = ("application/json",)
+    streamed_body: ClassVar[bool] = False
+    cors_methods: ClassVar[str] = ""
 
-    def on_connection_close(self) -> None:
-        self.settings["requests_in_flight"].discard(self)
-        # Tornado's own: a streamed body still being read ends with the connection, and so
-        # does the handler (else it would wait for the rest of the body for good).
-        super().on_connection_close()
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.streamed_body:
+            tornado.web.stream_request_body(cls)
 
-
-class NotFoundHandler(ApiHandler):
-    def prepare(self) -> None:
-        raise ApiError(404, f"No such endpoint: {self.request.path}")
-
-
-class CorsMixin(ApiHandler):
-    """CORS for endpoints that browser clients call from other origins (tutorial dev
-    servers on :5080, Electron's `Origin: null`). Credentials (cookies) only for origins
-    listed by name: never with `*`, never for the opaque `null`."""
-
-    cors_methods = "POST, OPTIONS"
+    @property
+    def config(self) -> Config:
+        return self.settings["config"]
 
     def set_default_headers(self) -> None:
-        super().set_default_headers()
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
         self.cors_allowed = False
         origin = self.request.headers.get("Origin")
-        allowed = self.config.cors_allowed_origins
-        if origin is None:
+        if not self.cors_methods or origin is None:
             return
-        self.cors_allowed = True
+        allowed = self.config.cors_allowed_origins
         if "*" in allowed:
             self.set_header("Access-Control-Allow-Origin", "*")
         elif origin.rstrip("/") in allowed:
@@ -129,11 +140,13 @@ class CorsMixin(ApiHandler):
             if origin != "null":
                 self.set_header("Access-Control-Allow-Credentials", "true")
         else:
-            self.cors_allowed = False
             return
+        self.cors_allowed = True
         self.set_header("Access-Control-Expose-Headers", "Retry-After")
 
     def options(self, *args: Any) -> None:
+        if not self.cors_methods:
+            raise tornado.web.HTTPError(405)
         if not self.cors_allowed:
             raise ApiError(403, "Origin not allowed by CORS_ALLOWED_ORIGINS")
         self.set_header("Access-Control-Allow-Methods", self.cors_methods)
@@ -142,29 +155,50 @@ class CorsMixin(ApiHandler):
         self.set_status(204)
         self.finish()
 
-
-class BodyHandler(ApiHandler):
-    """A POST endpoint with a bounded body of some JSON media type. Tornado reads such a
-    body whole before the handler runs: handlers/bodies.py stops reading at the limit."""
-
-    max_body_bytes = 64 * 1024
-    content_types: tuple[str, ...] = ("application/json",)
-
     def prepare(self) -> None:
-        if self.request.method != "POST":
-            return
+        self._chunks: list[bytes] = []
+        self._received = 0
+        method = (self.request.method or "").lower()
+        if not self.max_body_bytes or method not in ("post", "put", "patch") or not self.implements(method):
+            return  # 405 for a method this endpoint has not, whatever the body
         declared = self.request.headers.get("Content-Length")
         if declared is not None and (not is_number(declared) or int(declared) > self.max_body_bytes):
-            raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
+            raise self.too_large()
         content_type = self.request.headers.get("Content-Type", "")
         media_type = content_type.split(";", 1)[0].strip().lower()
         if media_type not in self.content_types:
             raise ApiError(415, f"Content-Type must be {' or '.join(self.content_types)}")
 
+    def implements(self, method: str) -> bool:
+        return getattr(type(self), method) is not getattr(tornado.web.RequestHandler, method)
+
+    def too_large(self) -> ApiError:
+        return ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        """A streamed body (`streamed_body`): kept up to the limit, refused past it."""
+        self._received += len(chunk)
+        if self._received <= self.max_body_bytes:
+            self._chunks.append(chunk)
+        elif not self._finished:
+            # A chunked body past the limit: answered now, and the connection closes
+            # after the answer instead of reading on.
+            self._chunks = []
+            too_large = self.too_large()
+            self.send_error(413, exc_info=(ApiError, too_large, None))
+
+    def on_connection_close(self) -> None:
+        self._chunks = []  # an aborted upload frees its buffers at once
+        super().on_connection_close()
+
     @property
     def raw_body(self) -> bytes:
+        if self.streamed_body:
+            if self._received > self.max_body_bytes:
+                raise self.too_large()
+            return b"".join(self._chunks)
         if len(self.request.body) > self.max_body_bytes:  # a chunked body declares no length
-            raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
+            raise self.too_large()
         return self.request.body
 
     def json_object(self) -> dict[str, Any]:
@@ -176,37 +210,16 @@ class BodyHandler(ApiHandler):
             raise ApiError(400, "Request body must be a JSON object")
         return payload
 
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        if status != 200:
+            self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(orjson.dumps(payload))
 
-@tornado.web.stream_request_body
-class StreamedBodyHandler(AwaitingHandler, BodyHandler):
-    """Reads the body itself, so an oversized one is refused from its declared length
-    before it is read, and a chunked one is not kept past the limit."""
 
+class NotFoundHandler(Handler):
     def prepare(self) -> None:
-        self._chunks: list[bytes] = []
-        self._received = 0
-        super().prepare()
-
-    def data_received(self, chunk: bytes) -> None:
-        self._received += len(chunk)
-        if self._received <= self.max_body_bytes:
-            self._chunks.append(chunk)
-        elif not self._finished:
-            # A chunked body past the limit: answered now, and the connection closes
-            # after the answer instead of reading on.
-            self._chunks = []
-            too_large = ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
-            self.send_error(413, exc_info=(ApiError, too_large, None))
-
-    def on_connection_close(self) -> None:
-        self._chunks = []  # an aborted upload frees its buffers at once
-        super().on_connection_close()
-
-    @property
-    def raw_body(self) -> bytes:
-        if self._received > self.max_body_bytes:
-            raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
-        return b"".join(self._chunks)
+        raise ApiError(404, f"No such endpoint: {self.request.path}")
 
 
 def is_number(text: str) -> bool:

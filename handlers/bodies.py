@@ -2,9 +2,10 @@
 
 Tornado reads a body whole, up to the server's limit and for as long as the client takes,
 before a handler that is not streamed runs. Here every body must arrive within
-BODY_TIMEOUT; a BodyHandler's body is read only up to the handler's max_body_bytes, past
-which the endpoint answers 413 (its own headers, CORS included) and the connection closes
-instead of reading on; an endpoint that takes no body gets at most NO_BODY_BYTES of one.
+BODY_TIMEOUT; a body is read only up to the handler's max_body_bytes (handlers/base.py),
+past which the endpoint answers 413 (its own headers, CORS included) and the connection
+closes instead of reading on; an endpoint that takes no body gets at most NO_BODY_BYTES
+of one. A streamed body (`streamed_body`) is bounded in size by its handler.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.ioloop import IOLoop
 
-from handlers.base import ApiError, BodyHandler, StreamedBodyHandler, is_number
+from handlers.base import ApiError, Tracked, is_number
 
 log = logging.getLogger(__name__)
 
@@ -46,32 +47,32 @@ class Application(tornado.web.Application):
         ):
             return delegate  # no body
         timeout = self.settings["config"].body_timeout.total_seconds()
-        if not issubclass(target_class, BodyHandler):
+        if not issubclass(target_class, Tracked) or not target_class.max_body_bytes:
             connection.set_max_body_size(NO_BODY_BYTES)
             return BoundedBody(delegate, connection, timeout)
-        if issubclass(target_class, StreamedBodyHandler):
+        if getattr(target_class, "streamed_body", False):
             return BoundedBody(delegate, connection, timeout)  # it bounds its body's size itself
+        endpoint, limit = target_class, target_class.max_body_bytes
 
         def refusal() -> httputil.HTTPMessageDelegate:
-            refusing = too_large(target_class)
+            refusing = too_large(endpoint)
             return super(Application, self).get_handler_delegate(
                 request, refusing, target_kwargs, path_args, path_kwargs
             )
 
-        limit = target_class.max_body_bytes
         declared_over = declared is not None and is_number(declared) and int(declared) > limit
         return BoundedBody(delegate, connection, timeout, limit, refusal, declared_over)
 
 
-_too_large: dict[type[BodyHandler], type[BodyHandler]] = {}
+_too_large: dict[type[Tracked], type[Tracked]] = {}
 
 
-def too_large(handler_class: type[BodyHandler]) -> type[BodyHandler]:
+def too_large(handler_class: type[Tracked]) -> type[Tracked]:
     """The endpoint's own handler (its headers, CORS included), refusing before anything else."""
     refusing = _too_large.get(handler_class)
     if refusing is None:
 
-        def prepare(self: BodyHandler) -> None:
+        def prepare(self: Tracked) -> None:
             raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
 
         refusing = type(f"{handler_class.__name__}BodyTooLarge", (handler_class,), {"prepare": prepare})

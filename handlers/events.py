@@ -17,7 +17,7 @@ from tornado.iostream import StreamClosedError
 
 from config import Config
 from eventlog import Entry, EventLog, StoreUnavailable
-from handlers.base import ApiError, AwaitingHandler
+from handlers.base import ApiError, Handler
 from handlers.broadcast import (
     Broadcaster,
     Frame,
@@ -244,7 +244,7 @@ class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler
             self.replay_task.cancel()
 
 
-class EventHistoryHandler(AwaitingHandler):
+class EventHistoryHandler(Handler):
     """GET /events/history?since=&limit=: what a socket would replay, as a JSON list."""
 
     def initialize(self, event_log: EventLog) -> None:

@@ -9,7 +9,7 @@ import tornado.web
 from jinja2 import Environment
 
 from eventlog import EventLog
-from handlers.base import ApiHandler
+from handlers.base import Handler
 from handlers.broadcast import Broadcaster
 from rooms.access import page_admin_mode
 
@@ -30,9 +30,9 @@ def content_security_policy(livekit_url: str) -> str:
     )
 
 
-class IndexHandler(tornado.web.RequestHandler):
+class IndexHandler(Handler):
     def set_default_headers(self) -> None:
-        self.set_header("X-Content-Type-Options", "nosniff")
+        super().set_default_headers()
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("X-Frame-Options", "DENY")
 
@@ -51,7 +51,7 @@ class IndexHandler(tornado.web.RequestHandler):
     head = get  # what GET answers, without the body (Tornado drops it)
 
 
-class HealthHandler(ApiHandler):
+class HealthHandler(Handler):
     """Liveness and readiness: non-200 while the event store is down, for load balancers.
     Says which store and whether it works; why it does not is in the log, not here."""
 

@@ -30,7 +30,7 @@ from livekit.protocol.room import (
 from tornado.iostream import StreamClosedError
 
 from eventlog import EventLog, StoreUnavailable
-from handlers.base import ApiError, AwaitingHandler, BodyHandler
+from handlers.base import ApiError, Handler
 from handlers.origins import EveryOriginChecked, same_origin
 from rooms import Rooms
 from rooms.access import admin_api_off, admin_caller, is_own_page_request, secret_matches
@@ -56,8 +56,10 @@ SOURCES = ("camera", "microphone", "screen_share", "screen_share_audio")
 SOURCE_VALUES: dict[str, Any] = {source: TrackSource.Value(source.upper()) for source in SOURCES}
 
 
-class AdminHandler(AwaitingHandler, BodyHandler):
+class AdminHandler(Handler):
     """Base of the admin endpoints: access first, then an optional JSON body."""
+
+    max_body_bytes = 64 * 1024
 
     def prepare(self) -> None:
         self.caller = admin_caller(self.config, self.request)

@@ -19,7 +19,7 @@ from livekit.protocol.room import RoomConfiguration
 
 from config import Config
 from extensions.authorize import AuthorizeError, Cookies, Grant, Refuse, Step, TokenRequest, run_chain
-from handlers.base import ApiError, AwaitingHandler, BodyHandler, CorsMixin
+from handlers.base import ApiError, Handler
 from handlers.logsafe import quoted
 from handlers.ratelimit import RateLimiter
 from handlers.token_rules import check_grant, identifier, text
@@ -27,7 +27,10 @@ from handlers.token_rules import check_grant, identifier, text
 log = logging.getLogger(__name__)
 
 
-class TokenHandler(CorsMixin, AwaitingHandler, BodyHandler):
+class TokenHandler(Handler):
+    max_body_bytes = 64 * 1024
+    cors_methods = "POST, OPTIONS"
+
     def initialize(self, rate_limiter: RateLimiter | None, steps: tuple[Step, ...]) -> None:
         self.rate_limiter = rate_limiter  # None: TOKEN_RATE_LIMIT=0
         self.steps = steps
