@@ -186,7 +186,7 @@ async def start_app(app: tornado.web.Application) -> None:
     runner: EventHandlerRunner | None = app.settings["event_handlers"]
     if runner is not None:
         await runner.start()
-        event_log.subscribe(WakeOnAppend(runner))
+        event_log.add_listener(WakeOnAppend(runner))
     await app.settings["rooms"].start()
 
 
@@ -287,7 +287,6 @@ async def shutdown(
 ) -> None:
     """Stop accepting, answer what is in flight, say goodbye to sockets, close the store."""
     listener.stop()
-    event_log: EventLog = app.settings["event_log"]
     app.settings["broadcaster"].close_all(CLOSE_GOING_AWAY, "Server shutting down")
     rooms: Rooms = app.settings["rooms"]
     await rooms.stop()

@@ -18,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from eventlog import EventLog
 from extensions import AppContext, EventContext, WebhookEvent
 
 
@@ -31,11 +34,9 @@ def summary_path(app: AppContext) -> Path:
 
 async def on_room_finished(event: WebhookEvent, context: EventContext) -> None:
     room = event.room
-    replay = await context.app.event_log.read(None, context.app.config.events_keep)
     seen: list[str] = []
     started = room.creation_time
-    for frame in replay.frames:
-        stored = orjson.loads(frame.data)["event"]
+    async for stored in kept_events(context.app.event_log):
         stored_room = stored.get("room", {})
         if stored_room.get("sid", stored_room.get("name")) != (room.sid or room.name):
             continue
@@ -54,6 +55,18 @@ async def on_room_finished(event: WebhookEvent, context: EventContext) -> None:
         f" lasted {lasted // 60}m{lasted % 60:02d}s, {who} [{context.event_id}]\n"
     )
     await asyncio.to_thread(_append, summary_path(context.app), line)
+
+
+async def kept_events(event_log: EventLog) -> AsyncIterator[dict[str, Any]]:
+    """Every event the log keeps, oldest first, a bounded page at a time."""
+    since = None
+    while True:
+        page = await event_log.read(since, 500, 1024 * 1024)
+        for entry in page.entries:
+            yield orjson.loads(entry.event_json)
+        if not page.more:
+            return
+        since = page.resume or page.entries[-1].cursor
 
 
 def _append(path: Path, line: str) -> None:

@@ -17,7 +17,7 @@ import inspect
 import logging
 import random
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 from livekit.api import WebhookEvent
 
 from config import Config
-from eventlog import EventLog, Frame
+from eventlog import Entry, EventLog
 from extensions.app import AppContext
 from extensions.feed import Delivery, Feed
 
@@ -341,11 +341,9 @@ class WakeOnAppend:
     def __init__(self, runner: EventHandlerRunner) -> None:
         self.runner = runner
 
-    def deliver(self, frame: Frame) -> None:
+    def entries_added(self, entries: Sequence[Entry]) -> None:
         self.runner.wake()
 
-    def tell(self, notice_data: bytes) -> None:
-        pass
-
-    def close(self, code: int | None = None, reason: str | None = None) -> None:
-        pass
+    def store_state_changed(self, available: bool) -> None:
+        if available:
+            self.runner.wake()

@@ -20,6 +20,7 @@ class Delivery:
     received_at: int  # ms since the epoch
     event_json: str  # LiveKit's JSON, as stored
     parked_key: str = ""  # set when this is a retry of a parked event: its key in the parked store
+    key: str = ""  # the store's own id of the entry, when it is not the cursor (a Redis stream id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
+from eventlog.base import make_cursor
 from eventlog.redis import STREAM_KEY
 from extensions.feed import Delivery, Parked, event_id_of
 
@@ -142,7 +143,8 @@ class RedisFeed:
                     unreadable.append((key, entry_id))  # trimmed meanwhile, or not ours
                     continue
                 if key == STREAM_KEY:
-                    deliveries.append(_delivery(entry_id, fields))
+                    cursor = make_cursor(fields.get("l", ""), entry_id)  # as the event log names it
+                    deliveries.append(_delivery(cursor, fields, key=entry_id))
                 else:
                     deliveries.append(_delivery(fields["c"], fields, parked_key=entry_id))
         if unreadable:
@@ -159,7 +161,7 @@ class RedisFeed:
     async def done(self, handler: str, deliveries: list[Delivery]) -> None:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                stored = [d.cursor for d in deliveries if not d.parked_key]
+                stored = [d.key for d in deliveries if not d.parked_key]
                 if stored:
                     pipe.xack(STREAM_KEY, handler, *stored)
                 retried = [d.parked_key for d in deliveries if d.parked_key]
@@ -188,7 +190,7 @@ class RedisFeed:
                     pipe.xack(RETRY_PREFIX + handler, handler, delivery.parked_key)
                     pipe.xdel(RETRY_PREFIX + handler, delivery.parked_key)
                 else:
-                    pipe.xack(STREAM_KEY, handler, delivery.cursor)
+                    pipe.xack(STREAM_KEY, handler, delivery.key)
                 await pipe.execute()
         except BaseException:
             self._own_pending[handler] = True
@@ -197,7 +199,7 @@ class RedisFeed:
 
     async def keep_claimed(self, handler: str, delivery: Delivery) -> None:
         key = RETRY_PREFIX + handler if delivery.parked_key else STREAM_KEY
-        entry_id = delivery.parked_key or delivery.cursor
+        entry_id = delivery.parked_key or delivery.key
         await self._redis.xclaim(key, handler, self.consumer, 0, [entry_id], justid=True)
 
     async def _handlers(self) -> list[str]:
@@ -263,7 +265,7 @@ class RedisFeed:
         await self._redis.aclose()
 
 
-def _delivery(cursor: str, fields: dict[str, str], parked_key: str = "") -> Delivery:
+def _delivery(cursor: str, fields: dict[str, str], parked_key: str = "", key: str = "") -> Delivery:
     event_json = fields["e"]
     event_id = fields.get("i") or event_id_of(event_json)
-    return Delivery(cursor, event_id, int(fields.get("r", 0)), event_json, parked_key)
+    return Delivery(cursor, event_id, int(fields.get("r", 0)), event_json, parked_key, key)

@@ -17,10 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from eventlog import EventLog
-from extensions.feed import Delivery, Parked
+from eventlog import START, EventLog
+from eventlog.base import parse_cursor
+from extensions.feed import Delivery, Parked, event_id_of
 
 log = logging.getLogger("extensions.events")
 
@@ -45,6 +44,7 @@ CREATE TABLE IF NOT EXISTS handler_parked (
 CREATE INDEX IF NOT EXISTS handler_parked_by_handler ON handler_parked (handler, retry, id);
 """
 POLL_SECONDS = 1.0
+PAGE_BYTES = 1024 * 1024
 
 
 def _now_ms() -> int:
@@ -88,8 +88,7 @@ class SqliteFeed:
 
     async def start(self, handlers: list[str]) -> None:
         await self.open()
-        newest = (await self.event_log.read(None, 1)).frames
-        end = newest[-1].cursor if newest else "0"
+        end = await self.event_log.newest_start(0) or START
         for handler in handlers:
             self._position[handler] = await self._run(self._checkpoint, handler, end)
             self._wakeups[handler] = asyncio.Event()
@@ -119,31 +118,38 @@ class SqliteFeed:
         retries = await self._run(self._retries, handler, limit)
         if retries:
             return retries
-        replay = await self.event_log.read(self._position[handler], limit)
-        if replay.notice is not None:
-            self._gap(handler, replay.notice, [frame.cursor for frame in replay.frames])
-        if replay.frames:
-            return [_delivery(frame.data) for frame in replay.frames]
+        since = self._position[handler]
+        page = await self.event_log.read(since, limit, PAGE_BYTES)
+        if page.unknown_cursor:
+            # Not a cursor of this log (the store was replaced): what it holds now is new.
+            log.error("event handler %s: its checkpoint is not in this event log; starting over", handler)
+            self._position[handler] = START
+            return []
+        if page.oldest_kept is not None:
+            self._gap(handler, since, page.oldest_kept)
+        if page.entries:
+            return [
+                Delivery(entry.cursor, event_id_of(entry.event_json), entry.received_at, entry.event_json)
+                for entry in page.entries
+            ]
+        if page.resume and page.resume != since:
+            self._position[handler] = page.resume  # past entries that are not events
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wakeup.wait(), POLL_SECONDS)
         return []
 
-    def _gap(self, handler: str, notice_data: bytes, cursors: list[str]) -> None:
-        notice = orjson.loads(notice_data)
-        if notice.get("notice") == "history_trimmed":
-            # EVENTS_KEEP dropped events before this handler got to them: say so loudly.
-            self.skipped += 1
-            log.error(
-                "event handler %s: events after %s were trimmed (EVENTS_KEEP) before it handled them; "
-                "going on from %s",
-                handler,
-                notice.get("since"),
-                notice.get("oldestCursor"),
-            )
-        elif notice.get("notice") == "unknown_cursor":
-            # Not a cursor of this log (the store was replaced): go on from what it has now.
-            log.error("event handler %s: its checkpoint is not in this event log; starting over", handler)
-            self._position[handler] = "0"
+    def _gap(self, handler: str, since: str, oldest_kept: str) -> None:
+        """EVENTS_KEEP dropped events before this handler got to them: counted, said loudly."""
+        before, after = parse_cursor(since), parse_cursor(oldest_kept)
+        lost = after[1][0] - before[1][0] - 1 if before and after else 1
+        self.skipped += max(lost, 1)
+        log.error(
+            "event handler %s: events after %s were trimmed (EVENTS_KEEP) before it handled them; "
+            "going on from %s",
+            handler,
+            since,
+            oldest_kept,
+        )
 
     def _retries(self, handler: str, limit: int) -> list[Delivery]:
         rows = self.db.execute(
@@ -259,11 +265,3 @@ class SqliteFeed:
             await self._run(self._db.close)
             self._db = None
         self._thread.shutdown(wait=True)
-
-
-def _delivery(frame_data: bytes) -> Delivery:
-    stored = orjson.loads(frame_data)
-    event = stored["event"]
-    return Delivery(
-        stored["cursor"], str(event.get("id", "")), stored["receivedAt"], orjson.dumps(event).decode()
-    )
