@@ -1,4 +1,4 @@
-"""The application server: make_app(config) builds it, run() and main() serve it."""
+"""The application server: make_app() builds it from its parts, run() and main() serve it."""
 
 from __future__ import annotations
 
@@ -26,16 +26,14 @@ from extensions import Extensions, load_extensions
 from extensions.app import AppContext, SharedLiveKitAPI
 from extensions.authorize import Step
 from extensions.events import EventHandlerRunner, WakeOnAppend, open_feed
+from handlers import events, pages, token, webhook
 from handlers import rooms as rooms_handlers
 from handlers.base import NotFoundHandler, log_request
 from handlers.bodies import Application
 from handlers.broadcast import Broadcaster
-from handlers.events import CLOSE_GOING_AWAY, EventHistoryHandler, EventsSocketHandler
-from handlers.pages import HealthHandler, IndexHandler, StaticFileHandler, VendorFileHandler
-from handlers.ratelimit import RateLimiter
-from handlers.token import TokenHandler
+from handlers.events import CLOSE_GOING_AWAY
+from handlers.pages import StaticFileHandler
 from handlers.token_rules import BUILT_IN
-from handlers.webhook import WebhookHandler, WebhookVerifier
 from rooms import Rooms, open_livekit_api
 
 log = logging.getLogger("server")
@@ -55,18 +53,17 @@ class StartupError(Exception):
 
 def make_app(
     config: Config,
-    event_log: EventLog | None = None,
-    livekit_api: LiveKitAPI | None = None,
-    extensions: Extensions | None = None,
+    event_log: EventLog,
+    livekit_api: LiveKitAPI | None,
+    extensions: Extensions,
 ) -> tornado.web.Application:
-    """`livekit_api`: the shared LiveKit API client (main() opens it); without one the
-    admin API answers 503. `extensions`: what APP_EXTENSIONS' modules define."""
+    """The application, from what it depends on: the settings, the event log (not started),
+    the shared LiveKit API client (main() opens it; without one the admin API answers 503
+    and extensions get one made on first use), and what APP_EXTENSIONS' modules define."""
     # PyJWT warns on every signature with a short key; main() warns once instead.
     warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
-    event_log = event_log or open_event_log(config)
     broadcaster = Broadcaster()  # the one owner of the event sockets; the store tells it what is new
     event_log.add_listener(broadcaster)
-    extensions = extensions or Extensions()
     app_context = AppContext(config, event_log, SharedLiveKitAPI(config, livekit_api))
     runner = (
         EventHandlerRunner(list(extensions.event_handlers), open_feed(config, event_log), app_context)
@@ -81,36 +78,13 @@ def make_app(
         *extensions.authorize,
         Step("bans and IDENTITY_CONFLICT", rooms.admission.authorize),
     )
-    verifier = WebhookVerifier(config.livekit_api_key, config.livekit_api_secret, config.livekit_webhook_keys)
-    webhook = (WebhookHandler, {"event_log": event_log, "verifier": verifier})
-    # Tried in order: the busiest endpoint first.
+    # Each module's routes, tried in order: the busiest endpoint first; extensions' last.
     routes: list[Any] = [
-        # `//token`: the iOS client's URL when its base ends in /
-        (
-            r"/+token",
-            TokenHandler,
-            {
-                "rate_limiter": RateLimiter(config.token_rate_limit) if config.token_rate_limit else None,
-                "steps": authorize,
-            },
-        ),
-        (r"/", IndexHandler),
-        (r"/livekit/webhook", *webhook),
-        (r"/webhook", *webhook),
-        (r"/events", EventsSocketHandler, {"event_log": event_log, "broadcaster": broadcaster}),
-        (r"/events/history", EventHistoryHandler, {"event_log": event_log}),
-        (r"/healthz", HealthHandler, {"event_log": event_log, "broadcaster": broadcaster}),
-        (
-            r"/vendor/livekit-client/(.*)",
-            VendorFileHandler,
-            {"path": str(PROJECT_DIR / "node_modules" / "livekit-client" / "dist")},
-        ),
-        (  # the demo page's invite QR code
-            r"/vendor/qrcode-generator/(.*)",
-            VendorFileHandler,
-            {"path": str(PROJECT_DIR / "node_modules" / "qrcode-generator" / "dist")},
-        ),
-        *rooms_handlers.routes,
+        *token.routes(config, authorize),
+        *webhook.routes(config, event_log),
+        *pages.routes(event_log, broadcaster),
+        *events.routes(event_log, broadcaster),
+        *rooms_handlers.routes(),
     ]
     routes += extensions.routes(app_context, [str(route[0]) for route in routes])
     jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
@@ -194,7 +168,7 @@ async def main(config: Config, extensions: Extensions | None = None) -> None:
     sockets = listen(config)
     livekit_api = open_livekit_api(config)
     try:
-        app = make_app(config, livekit_api=livekit_api, extensions=extensions)
+        app = make_app(config, open_event_log(config), livekit_api, extensions or Extensions())
         event_log: EventLog = app.settings["event_log"]
         await start_app(app)
     except ConfigError:

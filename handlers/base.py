@@ -38,6 +38,13 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     )
 
 
+# What each handler module's routes() gives: (pattern, handler class[, initialize kwargs]).
+Route = (
+    tuple[str, type[tornado.web.RequestHandler]]
+    | tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]
+)
+
+
 class ApiError(tornado.web.HTTPError):
     """An error whose message is meant for the client, sent as `{"errorMessage": ...}`."""
 

@@ -17,7 +17,7 @@ from tornado.iostream import StreamClosedError
 
 from config import Config
 from eventlog import Entry, EventLog, StoreUnavailable
-from handlers.base import ApiError, Handler
+from handlers.base import ApiError, Handler, Route
 from handlers.broadcast import (
     Broadcaster,
     Frame,
@@ -275,3 +275,10 @@ class EventHistoryHandler(Handler):
         parts += ([trimmed] if trimmed else []) + [frame_data(entry) for entry in page.entries]
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(b"[" + b",".join(parts) + b"]")
+
+
+def routes(event_log: EventLog, broadcaster: Broadcaster) -> list[Route]:
+    return [
+        (r"/events", EventsSocketHandler, {"event_log": event_log, "broadcaster": broadcaster}),
+        (r"/events/history", EventHistoryHandler, {"event_log": event_log}),
+    ]

@@ -8,8 +8,9 @@ from urllib.parse import urlsplit
 import tornado.web
 from jinja2 import Environment
 
+from config import PROJECT_DIR
 from eventlog import EventLog
-from handlers.base import Handler
+from handlers.base import Handler, Route
 from handlers.broadcast import Broadcaster
 from rooms.access import page_admin_mode
 
@@ -88,3 +89,23 @@ class VendorFileHandler(StaticFileHandler):
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
+
+
+def routes(event_log: EventLog, broadcaster: Broadcaster) -> list[Route]:
+    """The demo page, health, and the npm packages the page loads from this origin."""
+    vendor = PROJECT_DIR / "node_modules"
+    return [
+        (r"/", IndexHandler),
+        (r"/healthz", HealthHandler, {"event_log": event_log, "broadcaster": broadcaster}),
+        (
+            r"/vendor/livekit-client/(.*)",
+            VendorFileHandler,
+            {"path": str(vendor / "livekit-client" / "dist")},
+        ),
+        # the demo page's invite QR code
+        (
+            r"/vendor/qrcode-generator/(.*)",
+            VendorFileHandler,
+            {"path": str(vendor / "qrcode-generator" / "dist")},
+        ),
+    ]

@@ -30,7 +30,7 @@ from livekit.protocol.room import (
 from tornado.iostream import StreamClosedError
 
 from eventlog import EventLog, StoreUnavailable
-from handlers.base import ApiError, Handler
+from handlers.base import ApiError, Handler, Route
 from handlers.origins import EveryOriginChecked, same_origin
 from rooms import Rooms
 from rooms.access import admin_api_off, admin_caller, is_own_page_request, secret_matches
@@ -389,13 +389,15 @@ class RoomsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler)
         self.directory.unsubscribe(self)
 
 
-routes: list[Any] = [
-    (r"/rooms/?", RoomsHandler),
-    (r"/live/rooms", RoomsSocketHandler),
-    (r"/rooms/([^/]+)/?", RoomHandler),
-    (r"/rooms/([^/]+)/participants/([^/]+)/?", ParticipantHandler),
-    (r"/rooms/([^/]+)/participants/([^/]+)/remove", RemoveHandler),
-    (r"/rooms/([^/]+)/participants/([^/]+)/mute", MuteHandler),
-    (r"/rooms/([^/]+)/bans/?", BansHandler),
-    (r"/rooms/([^/]+)/bans/([^/]+)", BanHandler),
-]
+def routes() -> list[Route]:
+    """The admin API; its handlers take the rooms' parts from the app's settings."""
+    return [
+        (r"/rooms/?", RoomsHandler),
+        (r"/live/rooms", RoomsSocketHandler),
+        (r"/rooms/([^/]+)/?", RoomHandler),
+        (r"/rooms/([^/]+)/participants/([^/]+)/?", ParticipantHandler),
+        (r"/rooms/([^/]+)/participants/([^/]+)/remove", RemoveHandler),
+        (r"/rooms/([^/]+)/participants/([^/]+)/mute", MuteHandler),
+        (r"/rooms/([^/]+)/bans/?", BansHandler),
+        (r"/rooms/([^/]+)/bans/([^/]+)", BanHandler),
+    ]

@@ -19,7 +19,7 @@ from livekit.protocol.room import RoomConfiguration
 
 from config import Config
 from extensions.authorize import AuthorizeError, Cookies, Grant, Refuse, Step, TokenRequest, run_chain
-from handlers.base import ApiError, Handler
+from handlers.base import ApiError, Handler, Route
 from handlers.logsafe import quoted
 from handlers.ratelimit import RateLimiter
 from handlers.token_rules import check_grant, identifier, text
@@ -166,3 +166,10 @@ def _room_config(value: Any) -> RoomConfiguration:
         identifier(dispatch.agent_name, "room_config.agents.agent_name")
         text(dispatch.metadata, "room_config.agents.metadata")
     return room_config
+
+
+def routes(config: Config, authorize: tuple[Step, ...]) -> list[Route]:
+    """`authorize`: the chain, built-in rules first (server.make_app puts it together)."""
+    rate_limiter = RateLimiter(config.token_rate_limit) if config.token_rate_limit else None
+    # `//token`: the iOS client's URL when its base ends in /
+    return [(r"/+token", TokenHandler, {"rate_limiter": rate_limiter, "steps": authorize})]

@@ -14,8 +14,9 @@ import jwt
 import orjson
 from livekit.api import TokenVerifier
 
+from config import Config
 from eventlog import EventLog, StoreUnavailable
-from handlers.base import ApiError, Handler
+from handlers.base import ApiError, Handler, Route
 from handlers.logsafe import quoted
 
 # LiveKit signs each webhook with a 5-minute token; this much clock skew is tolerated.
@@ -152,3 +153,11 @@ def redact_credentials(event: dict[str, Any]) -> None:
         for name, item in value.items():
             if isinstance(item, (dict, list)) and name not in _USER_MAPS:
                 pending.append(item)
+
+
+def routes(config: Config, event_log: EventLog) -> list[Route]:
+    """`/livekit/webhook`, where OpenVidu's deployment and tutorials post, and `/webhook`,
+    the seed document's path."""
+    verifier = WebhookVerifier(config.livekit_api_key, config.livekit_api_secret, config.livekit_webhook_keys)
+    arguments = {"event_log": event_log, "verifier": verifier}
+    return [(r"/livekit/webhook", WebhookHandler, arguments), (r"/webhook", WebhookHandler, arguments)]

@@ -20,6 +20,7 @@ import pytest
 from livekit.api import AccessToken
 
 from config import Config
+from eventlog import open_event_log
 from extensions import load_extensions
 from server import make_app, start_app, stop_app
 from tests.processes import Receiver, ServerProcess
@@ -40,7 +41,8 @@ def config(tmp_path: Any, request: pytest.FixtureRequest) -> Config:
 def app(config: Config, request: pytest.FixtureRequest) -> Any:
     """The app; a test loads extension modules with `@pytest.mark.extensions("module", ...)`."""
     marker = request.node.get_closest_marker("extensions")
-    return make_app(config, extensions=load_extensions(marker.args if marker else ()))
+    extensions = load_extensions(marker.args if marker else ())
+    return make_app(config, open_event_log(config), None, extensions)
 
 
 @contextlib.asynccontextmanager

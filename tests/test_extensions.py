@@ -14,6 +14,7 @@ import pytest
 from livekit.api import WebhookEvent
 
 from config import Config
+from eventlog import open_event_log
 from extensions import ExtensionError, load_extensions
 from extensions.events import parse_event
 from server import make_app
@@ -66,7 +67,7 @@ def test_a_module_that_cannot_be_used_is_one_clear_error(names: list[str], messa
 
 def test_a_route_the_server_serves_already_is_refused(config: Config) -> None:
     with pytest.raises(ExtensionError, match=r"'/token\$' is already served"):
-        make_app(config, extensions=load_extensions([SAMPLES + "taken_route"]))
+        make_app(config, open_event_log(config), None, load_extensions([SAMPLES + "taken_route"]))
 
 
 def test_what_a_module_defines_is_found_in_order() -> None:
