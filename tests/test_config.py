@@ -142,3 +142,18 @@ def test_a_setting_that_is_not_utf8_says_so() -> None:
     # How Python hands over environment bytes that are not UTF-8 (here 0xE9, Latin-1 é).
     with pytest.raises(ConfigError, match="LIVEKIT_API_SECRET is not valid UTF-8"):
         Config.from_env({"LIVEKIT_API_SECRET": "caf\udce9"}, env_file=None)
+
+
+def test_defaults_are_written_once() -> None:
+    """from_env has no defaults of its own: unset variables give the dataclass's."""
+    assert Config.from_env({}, env_file=None) == Config()
+
+
+def test_every_setting_is_in_env_example_and_the_readme() -> None:
+    from dataclasses import fields
+
+    example = (PROJECT_DIR / ".env.example").read_text()
+    readme = (PROJECT_DIR / "README.md").read_text()
+    variables = [spec.name.upper() for spec in fields(Config) if "parse" in spec.metadata]
+    assert [name for name in variables if f"\n{name}=" not in example] == []
+    assert [name for name in variables if f"| `{name}`" not in readme] == []
