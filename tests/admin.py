@@ -45,20 +45,6 @@ def admin(
             return error.code, json.loads(error.read()), dict(error.headers)
 
 
-def post_token(base_url: str, room: str, identity: str) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        base_url + "/token",
-        data=json.dumps({"roomName": room, "participantName": identity}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=20) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read())
-
-
 def eventually(check: Callable[[], Any], timeout: float = 20.0, every: float = 0.1) -> Any:
     """The first truthy result of `check()`, or AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout

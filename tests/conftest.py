@@ -107,6 +107,26 @@ def token_claims(answer: Any) -> Any:
     return TokenVerifier(API_KEY, API_SECRET).verify(token)
 
 
+def request_token(
+    base_url: str, body: Any = OPENVIDU_BODY, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """POST /token to a server in a real process: the status and the JSON answer."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        base_url + "/token",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return int(error.code), json.loads(error.read())
+
+
 async def send_webhook(
     http_client: Any,
     base_url: str,

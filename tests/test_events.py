@@ -12,30 +12,17 @@ from typing import Any
 
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.websocket import websocket_connect
 
-from tests.conftest import post_webhook, webhook_event, webhook_request
+from tests.conftest import events_url, post_webhook, read_frames, send_webhook, webhook_event
 from tests.processes import EventSocket
-
-
-def ws_url(base_url: str, since: str | None = None) -> str:
-    return base_url.replace("http", "ws") + "/events" + (f"?since={since}" if since else "")
-
-
-async def read_frames(socket_: WebSocketClientConnection, count: int) -> list[dict[str, Any]]:
-    frames = []
-    for _ in range(count):
-        message = await asyncio.wait_for(socket_.read_message(), 10)
-        assert message is not None, "socket closed early"
-        frames.append(json.loads(message))
-    return frames
 
 
 async def post_events(http_client: Any, base_url: str, count: int, **fields: Any) -> list[dict[str, Any]]:
     answers = []
     for n in range(count):
         event = webhook_event("room_started", room=f"r{n}", **fields)
-        response = await http_client.fetch(base_url + "/livekit/webhook", **webhook_request(event))
+        response = await send_webhook(http_client, base_url, event)
         assert response.code == 200
         answers.append({"id": event["id"], "cursor": json.loads(response.body)["cursor"]})
     return answers
@@ -44,7 +31,7 @@ async def post_events(http_client: Any, base_url: str, count: int, **fields: Any
 @pytest.mark.gen_test
 async def test_replay_after_a_cursor_then_live(http_client: Any, base_url: str) -> None:
     posted = await post_events(http_client, base_url, 5)
-    client = await websocket_connect(ws_url(base_url, posted[1]["cursor"]))
+    client = await websocket_connect(events_url(base_url, posted[1]["cursor"]))
     replayed = await read_frames(client, 3)
     assert [frame["event"]["id"] for frame in replayed] == [p["id"] for p in posted[2:]]
     live = await post_events(http_client, base_url, 1)
@@ -56,7 +43,7 @@ async def test_replay_after_a_cursor_then_live(http_client: Any, base_url: str) 
 @pytest.mark.gen_test
 async def test_without_a_cursor_the_newest_events_replay(http_client: Any, base_url: str) -> None:
     posted = await post_events(http_client, base_url, 5)
-    client = await websocket_connect(ws_url(base_url))
+    client = await websocket_connect(events_url(base_url))
     assert [f["event"]["id"] for f in await read_frames(client, 3)] == [p["id"] for p in posted[2:]]
     client.close()
 
@@ -65,7 +52,7 @@ async def test_without_a_cursor_the_newest_events_replay(http_client: Any, base_
 @pytest.mark.gen_test
 async def test_a_cursor_older_than_what_is_kept_gets_a_notice_first(http_client: Any, base_url: str) -> None:
     posted = await post_events(http_client, base_url, 6)
-    client = await websocket_connect(ws_url(base_url, posted[0]["cursor"]))
+    client = await websocket_connect(events_url(base_url, posted[0]["cursor"]))
     notice, *frames = await read_frames(client, 4)
     assert notice["notice"] == "history_trimmed"
     assert notice["oldestCursor"] == posted[3]["cursor"]
@@ -84,7 +71,7 @@ async def test_an_unknown_cursor_gets_a_notice_then_the_newest(
     http_client: Any, base_url: str, cursor: str
 ) -> None:
     posted = await post_events(http_client, base_url, 2)
-    client = await websocket_connect(ws_url(base_url, cursor))
+    client = await websocket_connect(events_url(base_url, cursor))
     notice, *frames = await read_frames(client, 3)
     assert notice["notice"] == "unknown_cursor" and notice["since"] == cursor
     assert [f["event"]["id"] for f in frames] == [p["id"] for p in posted]
@@ -110,7 +97,7 @@ async def test_events_posted_during_a_replay_arrive_once_and_in_order(
     http_client: Any, base_url: str
 ) -> None:
     posted = await post_events(http_client, base_url, 300)
-    client_task = asyncio.ensure_future(websocket_connect(ws_url(base_url, "0")))
+    client_task = asyncio.ensure_future(websocket_connect(events_url(base_url, "0")))
     posted += await post_events(http_client, base_url, 100)  # while the replay is being read and sent
     client = await client_task
     frames = await read_frames(client, 400)
@@ -133,7 +120,7 @@ async def test_a_socket_that_never_reads_is_closed_and_others_keep_up(
         b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
-    reader = await websocket_connect(ws_url(base_url))
+    reader = await websocket_connect(events_url(base_url))
     reading = asyncio.ensure_future(read_frames(reader, 60))
     posted = await post_events(http_client, base_url, 60, pad="x" * 200_000)
     frames = await reading
@@ -155,21 +142,23 @@ async def test_a_socket_that_never_reads_is_closed_and_others_keep_up(
 
 @pytest.mark.gen_test
 async def test_a_foreign_origin_is_refused(http_client: Any, base_url: str) -> None:
-    request = HTTPRequest(ws_url(base_url), headers={"Origin": "http://evil.example"})
+    request = HTTPRequest(events_url(base_url), headers={"Origin": "http://evil.example"})
     with pytest.raises(HTTPClientError) as refused:
         await websocket_connect(request)
     assert refused.value.code == 403
-    own = HTTPRequest(ws_url(base_url), headers={"Origin": base_url})
+    own = HTTPRequest(events_url(base_url), headers={"Origin": base_url})
     (await websocket_connect(own)).close()
 
 
 @pytest.mark.settings(events_allowed_origins=("http://localhost:5080",))
 @pytest.mark.gen_test
 async def test_listed_origins_are_allowed(http_server: Any, base_url: str) -> None:
-    listed = HTTPRequest(ws_url(base_url), headers={"Origin": "http://localhost:5080"})
+    listed = HTTPRequest(events_url(base_url), headers={"Origin": "http://localhost:5080"})
     (await websocket_connect(listed)).close()
     with pytest.raises(HTTPClientError):
-        await websocket_connect(HTTPRequest(ws_url(base_url), headers={"Origin": "http://localhost:5081"}))
+        await websocket_connect(
+            HTTPRequest(events_url(base_url), headers={"Origin": "http://localhost:5081"})
+        )
 
 
 @pytest.mark.parametrize("limit", ["0", "1001", "x", "-1", "²"])
@@ -238,7 +227,7 @@ async def test_each_event_is_framed_once_whatever_the_number_of_sockets(
         return make_frame(entry)
 
     monkeypatch.setattr(handlers.broadcast, "make_frame", counting)
-    sockets = [await websocket_connect(ws_url(base_url)) for _ in range(5)]
+    sockets = [await websocket_connect(events_url(base_url)) for _ in range(5)]
     posted = await post_events(http_client, base_url, 3)
     for socket_ in sockets:
         assert [frame["cursor"] for frame in await read_frames(socket_, 3)] == [p["cursor"] for p in posted]
@@ -250,7 +239,7 @@ async def test_each_event_is_framed_once_whatever_the_number_of_sockets(
 @pytest.mark.gen_test(timeout=60)
 async def test_a_small_socket_queue_does_not_cut_a_healthy_replay(http_client: Any, base_url: str) -> None:
     posted = await post_events(http_client, base_url, 400, pad="x" * 20_000)
-    client = await websocket_connect(ws_url(base_url, "0"))
+    client = await websocket_connect(events_url(base_url, "0"))
     await asyncio.sleep(0.5)  # a reader that keeps up, if not at once (a page that is busy)
     frames = await read_frames(client, 400)
     assert [frame["cursor"] for frame in frames] == [p["cursor"] for p in posted]
@@ -263,9 +252,9 @@ async def test_a_small_socket_queue_does_not_cut_a_healthy_replay(http_client: A
 @pytest.mark.gen_test
 async def test_a_retry_of_a_trimmed_event_is_still_a_duplicate(http_client: Any, base_url: str) -> None:
     first = webhook_event("room_started", room="first")
-    assert (await http_client.fetch(base_url + "/livekit/webhook", **webhook_request(first))).code == 200
+    assert (await send_webhook(http_client, base_url, first)).code == 200
     later = await post_events(http_client, base_url, 3)  # the first is no longer kept
-    retried = await http_client.fetch(base_url + "/livekit/webhook", **webhook_request(first))
+    retried = await send_webhook(http_client, base_url, first)
     assert json.loads(retried.body) == {"status": "duplicate"}
     listed = json.loads((await http_client.fetch(base_url + "/events/history")).body)
     assert [frame["event"]["id"] for frame in listed] == [p["id"] for p in later[1:]]
@@ -290,7 +279,7 @@ def test_a_store_file_deleted_or_replaced_while_running_is_not_written_to(
     import sqlite3
 
     server = server_process()
-    page = EventSocket(ws_url(server.url))
+    page = EventSocket(events_url(server.url))
     before = webhook_event("room_started", room="before")
     assert post_webhook(server.url, before) == 200
     path = tmp_path / "events.sqlite3"
@@ -336,7 +325,7 @@ def test_a_cursor_of_a_lost_log_gets_unknown_cursor(server_process: Any, tmp_pat
     listed = server.history(since=cursor)
     assert listed[0]["notice"] == "unknown_cursor"  # never a silent skip of the new log's first events
     assert [frame["event"]["id"] for frame in listed[1:]] == [event["id"] for event in new]
-    page = EventSocket(ws_url(server.url, cursor))
+    page = EventSocket(events_url(server.url, cursor))
     assert page.wait_for_notice("unknown_cursor")
     assert [frame["event"]["id"] for frame in page.wait_for(5)] == [event["id"] for event in new]
     page.close()

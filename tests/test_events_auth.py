@@ -12,20 +12,16 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from config import Config, ConfigError
-from tests.conftest import post_webhook, webhook_event, webhook_request
+from tests.conftest import events_url, post_webhook, webhook_event, webhook_request
 
 SECRET = "0123456789abcdef0123456789abcdef-events"
 PRODUCTION = {"app_env": "production", "livekit_api_secret": "s" * 40, "livekit_api_key": "prodkey"}
 SIGNING = {"key": PRODUCTION["livekit_api_key"], "secret": PRODUCTION["livekit_api_secret"]}
 
 
-def ws(base_url: str) -> str:
-    return base_url.replace("http", "ws") + "/events"
-
-
 async def socket_status(base_url: str, **headers: str) -> int:
     try:
-        (await websocket_connect(HTTPRequest(ws(base_url), headers=headers))).close()
+        (await websocket_connect(HTTPRequest(events_url(base_url), headers=headers))).close()
     except HTTPClientError as refused:
         return refused.code
     return 101
@@ -52,7 +48,9 @@ async def test_production_requires_the_secret(http_client: Any, base_url: str) -
 @pytest.mark.gen_test
 async def test_browsers_send_the_secret_as_a_subprotocol(http_client: Any, base_url: str) -> None:
     # What `new WebSocket(url, ["livekit-events", "bearer." + secret])` sends.
-    client = await websocket_connect(ws(base_url), subprotocols=["livekit-events", f"bearer.{SECRET}"])
+    client = await websocket_connect(
+        events_url(base_url), subprotocols=["livekit-events", f"bearer.{SECRET}"]
+    )
     assert client.selected_subprotocol == "livekit-events"  # the secret is never echoed
     event = webhook_event("room_started")
     assert (
@@ -63,7 +61,7 @@ async def test_browsers_send_the_secret_as_a_subprotocol(http_client: Any, base_
     client.close()
     wrong = ["livekit-events", "bearer.wrong"]
     with pytest.raises(HTTPClientError) as refused:
-        await websocket_connect(ws(base_url), subprotocols=wrong)
+        await websocket_connect(events_url(base_url), subprotocols=wrong)
     assert refused.value.code == 401
 
 

@@ -15,6 +15,7 @@ from tornado.websocket import websocket_connect
 
 from config import Config, ConfigError
 from handlers.origins import known_host, parse_origin, same_origin
+from tests.conftest import events_url
 
 
 def request_to(host: str, protocol: str = "http", **headers: str) -> HTTPServerRequest:
@@ -144,14 +145,10 @@ def test_public_origins_setting() -> None:
             Config.from_env({"PUBLIC_ORIGINS": wrong}, None)
 
 
-def ws_url(base_url: str) -> str:
-    return base_url.replace("http", "ws") + "/events"
-
-
 async def handshake(base_url: str, **headers: str) -> int:
     """The status of a WS /events handshake with these headers: 101 or the refusal's."""
     try:
-        (await websocket_connect(HTTPRequest(ws_url(base_url), headers=headers))).close()
+        (await websocket_connect(HTTPRequest(events_url(base_url), headers=headers))).close()
         return 101
     except HTTPClientError as error:
         return error.code

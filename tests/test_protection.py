@@ -18,7 +18,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from config import PROJECT_DIR
-from tests.conftest import OPENVIDU_BODY, post_token, post_webhook, webhook_event
+from tests.conftest import OPENVIDU_BODY, post_token, post_webhook, request_token, webhook_event
 from tests.processes import ServerProcess
 
 
@@ -222,18 +222,9 @@ class IPv6ServerProcess(ServerProcess):
 
 
 def token_status(url: str, client_address: str | None = None) -> int:
-    import urllib.error
-    import urllib.request
-
     # Both headers a proxy may set (nginx's examples set X-Real-IP, others X-Forwarded-For).
     proxied = {"X-Real-Ip": client_address, "X-Forwarded-For": client_address} if client_address else {}
-    headers = {"Content-Type": "application/json", **proxied}
-    request = urllib.request.Request(url + "/token", data=json.dumps(OPENVIDU_BODY).encode(), headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
+    return request_token(url, headers=proxied)[0]
 
 
 def test_an_ipv6_client_cannot_rotate_addresses_within_its_64(tmp_path: Any) -> None:

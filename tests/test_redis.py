@@ -10,14 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import post_webhook, webhook_event
+from tests.conftest import events_url, post_webhook, webhook_event
 from tests.processes import EventSocket
 
 pytestmark = pytest.mark.redis
-
-
-def ws(server: Any, since: str | None = None) -> str:
-    return server.url.replace("http", "ws") + "/events" + (f"?since={since}" if since else "")
 
 
 def health(server: Any) -> tuple[int, dict[str, Any]]:
@@ -33,7 +29,7 @@ def test_three_instances_deliver_every_event_once_in_one_order(
 ) -> None:
     redis = redis_server()
     servers = [server_process(EVENTS_REDIS_URL=redis.url) for _ in range(3)]
-    sockets = [EventSocket(ws(server)) for server in servers]
+    sockets = [EventSocket(events_url(server.url)) for server in servers]
     events = [
         webhook_event("participant_joined", room="shared", participant={"identity": f"p{n}"})
         for n in range(150)
@@ -65,12 +61,12 @@ def test_reconnect_to_another_instance_with_a_cursor(server_process: Any, redis_
     events = [webhook_event("room_started", room=f"r{n}") for n in range(6)]
     for event in events[:3]:
         assert post_webhook(first.url, event) == 200
-    page = EventSocket(ws(first))
+    page = EventSocket(events_url(first.url))
     cursor = page.wait_for(3)[-1]["cursor"]
     page.close()
     for event in events[3:]:  # while the page is away
         assert post_webhook(first.url, event) == 200
-    again = EventSocket(ws(second, cursor))
+    again = EventSocket(events_url(second.url, cursor))
     assert [frame["event"]["id"] for frame in again.wait_for(3)] == [event["id"] for event in events[3:]]
     assert [frame["event"]["id"] for frame in second.history()] == [event["id"] for event in events]
     again.close()
@@ -95,7 +91,7 @@ def test_trimmed_history_gets_the_notice(server_process: Any, redis_server: Any)
 def test_redis_down_then_back(server_process: Any, redis_server: Any) -> None:
     redis = redis_server(persistent=True)
     server = server_process(EVENTS_REDIS_URL=redis.url)
-    page = EventSocket(ws(server))
+    page = EventSocket(events_url(server.url))
     before = [webhook_event("room_started", room=f"b{n}") for n in range(5)]
     assert [post_webhook(server.url, event) for event in before] == [200] * 5
     page.wait_for(5)
@@ -132,7 +128,7 @@ def test_a_replay_while_other_instances_take_webhooks_has_no_gap(
         during = [webhook_event("room_started", room=f"d{n}") for n in range(200)]
         posting = [pool.submit(post_webhook, first.url, event) for event in during]
         # Joins the stream from the start while the other instance keeps taking webhooks.
-        page = EventSocket(ws(second, "0"))
+        page = EventSocket(events_url(second.url, "0"))
         assert {future.result() for future in posting} == {200}
     frames = page.wait_for(400)
     ids = [frame["event"]["id"] for frame in frames]
@@ -162,7 +158,7 @@ def test_a_foreign_entry_is_skipped_and_live_delivery_goes_on(server_process: An
 
     redis = redis_server()
     server = server_process(EVENTS_REDIS_URL=redis.url)
-    page = EventSocket(ws(server))
+    page = EventSocket(events_url(server.url))
     first = webhook_event("room_started", room="first")
     assert post_webhook(server.url, first) == 200
     direct = redis_client.Redis.from_url(redis.url)
@@ -183,7 +179,7 @@ def test_the_reader_never_dies_silently(server_process: Any, redis_server: Any) 
 
     redis = redis_server()
     server = server_process(EVENTS_REDIS_URL=redis.url)
-    page = EventSocket(ws(server))
+    page = EventSocket(events_url(server.url))
     direct = redis_client.Redis.from_url(redis.url)
     direct.set("livekit:events", "not a stream")  # the reader's XREAD now fails
     deadline = time.monotonic() + 10

@@ -20,8 +20,8 @@ from tornado.websocket import websocket_connect
 from config import Config, ConfigError
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
 from rooms.bans import RedisBans, SqliteBans
-from tests.admin import SECRET, RoomsSocket, admin, eventually, path_of, post_token
-from tests.conftest import require
+from tests.admin import SECRET, RoomsSocket, admin, eventually, path_of
+from tests.conftest import post_token, request_token, require
 
 # --- settings ---------------------------------------------------------------------------
 
@@ -198,16 +198,6 @@ async def test_the_rooms_socket_without_a_secret(http_server: Any, base_url: str
 # --- /token: bans and identity conflicts ----------------------------------------------------
 
 
-async def token(http_client: Any, base_url: str, body: dict[str, Any]) -> Any:
-    return await http_client.fetch(
-        base_url + "/token",
-        method="POST",
-        body=json.dumps(body),
-        headers={"Content-Type": "application/json"},
-        raise_error=False,
-    )
-
-
 @pytest.mark.gen_test
 async def test_token_refuses_a_banned_identity_in_both_shapes(
     app: Any, http_client: Any, base_url: str
@@ -217,20 +207,22 @@ async def test_token_refuses_a_banned_identity_in_both_shapes(
         {"roomName": "R", "participantName": "bob"},
         {"room_name": "R", "participant_identity": "bob"},
     ):
-        refused = await token(http_client, base_url, body)
+        refused = await post_token(http_client, base_url, body)
         assert refused.code == 403
         assert error_of(refused).startswith("'bob' is banned from room 'R' until ")
         assert 58 <= int(refused.headers["Retry-After"]) <= 60
-    assert (await token(http_client, base_url, {"roomName": "S", "participantName": "bob"})).code == 200
-    assert (await token(http_client, base_url, {"roomName": "R", "participantName": "bobby"})).code == 200
+    assert (await post_token(http_client, base_url, {"roomName": "S", "participantName": "bob"})).code == 200
+    assert (
+        await post_token(http_client, base_url, {"roomName": "R", "participantName": "bobby"})
+    ).code == 200
     assert await app.settings["rooms"].bans.lift("R", "bob")
-    assert (await token(http_client, base_url, {"roomName": "R", "participantName": "bob"})).code == 200
+    assert (await post_token(http_client, base_url, {"roomName": "R", "participantName": "bob"})).code == 200
 
 
 @pytest.mark.gen_test
 @pytest.mark.settings(identity_conflict="reject")
 async def test_identity_conflict_checks_need_livekit(http_client: Any, base_url: str) -> None:
-    refused = await token(http_client, base_url, {"roomName": "R", "participantName": "alice"})
+    refused = await post_token(http_client, base_url, {"roomName": "R", "participantName": "alice"})
     assert refused.code == 503
     assert "IDENTITY_CONFLICT=reject needs to know who is in room 'R'" in error_of(refused)
 
@@ -277,20 +269,22 @@ def test_a_ban_holds_on_every_instance_through_redis(server_process: Any, redis_
 
     in_a_thread(ban())
     for server in servers:
-        status, answer = post_token(server.url, "R", "bob")
+        status, answer = request_token(server.url, {"roomName": "R", "participantName": "bob"})
         assert status == 403 and "'bob' is banned from room 'R'" in answer["errorMessage"]
-        assert post_token(server.url, "other", "bob")[0] == 200
+        assert request_token(server.url, {"roomName": "other", "participantName": "bob"})[0] == 200
     client = redis.Redis.from_url(store.url)
     # The room's set expires with its last ban: nothing is left behind in a shared Redis.
     assert 59_000 < client.pttl("livekit:bans:R") <= 60_000
     client.zrem("livekit:bans:R", "bob")
-    assert all(post_token(server.url, "R", "bob")[0] == 200 for server in servers)
+    assert all(
+        request_token(server.url, {"roomName": "R", "participantName": "bob"})[0] == 200 for server in servers
+    )
 
     # Foreign data under our key: refused clearly (no token while bans cannot be read).
     client.set("livekit:bans:R", "not a sorted set")
-    status, answer = post_token(servers[0].url, "R", "bob")
+    status, answer = request_token(servers[0].url, {"roomName": "R", "participantName": "bob"})
     assert status == 503 and "no token is given while bans cannot be checked" in answer["errorMessage"]
-    assert post_token(servers[0].url, "other", "bob")[0] == 200
+    assert request_token(servers[0].url, {"roomName": "other", "participantName": "bob"})[0] == 200
     client.close()
 
 
@@ -409,9 +403,11 @@ def test_livekit_unreachable_is_a_503_that_says_so(server_process: Any) -> None:
     expected = f"The LiveKit server at {nowhere.replace('ws', 'http')} is unreachable"
     assert (status, answer) == (503, {"errorMessage": expected})
     assert admin(app.url, "POST", "/rooms/r/participants/p/remove")[0] == 503
-    assert post_token(app.url, "r", "alice")[0] == 200  # the default IDENTITY_CONFLICT asks nobody
+    assert (
+        request_token(app.url, {"roomName": "r", "participantName": "alice"})[0] == 200
+    )  # the default IDENTITY_CONFLICT asks nobody
     rejecting = server_process(LIVEKIT_URL=nowhere, IDENTITY_CONFLICT="reject")
-    status, answer = post_token(rejecting.url, "r", "alice")
+    status, answer = request_token(rejecting.url, {"roomName": "r", "participantName": "alice"})
     assert status == 503 and expected in answer["errorMessage"]
 
 

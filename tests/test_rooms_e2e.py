@@ -21,8 +21,8 @@ from livekit import api
 
 from config import PROJECT_DIR
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
-from tests.admin import SECRET, RoomsSocket, admin, eventually, path_of, post_token
-from tests.conftest import require, wait_until
+from tests.admin import SECRET, RoomsSocket, admin, eventually, path_of
+from tests.conftest import request_token, require, wait_until
 from tests.processes import ServerProcess
 from tests.test_e2e import WAIT_MS, join, open_page, wait_for_event, wait_for_playing_video
 from tests.test_readme import curl_examples
@@ -220,9 +220,9 @@ def test_a_moderating_a_room_of_two(browser: Any, stack: Any) -> None:
     assert status == 200 and removed["removed"] == "bob" and removed["ban"]["secondsLeft"] == 60
     bob.wait_for_selector("#in-room", state="hidden", timeout=WAIT_MS)
     assert "You were removed from the room by its admin." in bob.inner_text("#room-error")
-    status, refused = post_token(app.url, room, "bob")
+    status, refused = request_token(app.url, {"roomName": room, "participantName": "bob"})
     assert status == 403 and refused["errorMessage"].startswith(f"'bob' is banned from room '{room}' until ")
-    assert post_token(app.url, room + "-other", "bob")[0] == 200
+    assert request_token(app.url, {"roomName": room + "-other", "participantName": "bob"})[0] == 200
     bob.click("#join-button")  # rejoining under the ban: the page shows the 403's message
     wait_until(bob, "() => document.getElementById('room-error').textContent.includes('is banned from room')")
     assert bob.is_hidden("#in-room")
@@ -230,7 +230,7 @@ def test_a_moderating_a_room_of_two(browser: Any, stack: Any) -> None:
     wait_for_event(alice, "admin.participant_removed", room, "bob")
     status, lifted, _ = admin(app.url, "DELETE", path_of("rooms", room, "bans", "bob"))
     assert (status, lifted) == (200, {"lifted": "bob", "room": room})
-    assert post_token(app.url, room, "bob")[0] == 200
+    assert request_token(app.url, {"roomName": room, "participantName": "bob"})[0] == 200
     wait_for_event(alice, "admin.ban_lifted", room, "bob")
 
     # End the room: alice's page is told, LiveKit's room_finished reaches the event panel.
