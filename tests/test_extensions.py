@@ -319,6 +319,19 @@ async def test_extension_routes_answer_errors_in_json(http_client: Any, base_url
     assert b"secret" not in bug.body and "RuntimeError: a bug with a secret inside" in caplog.text
 
 
+@pytest.mark.extensions(ROUTES)
+@pytest.mark.gen_test
+async def test_extension_route_bodies_are_bounded(http_client: Any, base_url: str) -> None:
+    small = await http_client.fetch(base_url + "/ext/echo", method="POST", body=b"x" * 1000)
+    assert json.loads(small.body) == {"received": 1000}
+    large = await http_client.fetch(
+        base_url + "/ext/echo", method="POST", body=b"x" * 70_000, raise_error=False
+    )
+    assert large.code == 413 and json.loads(large.body) == {
+        "errorMessage": "Request body is larger than 65536 bytes"
+    }
+
+
 def test_livekit_api_url_defaults_to_the_livekit_url_over_http() -> None:
     assert Config.from_env({"LIVEKIT_URL": "wss://x.livekit.cloud"}, env_file=None).livekit_http_url == (
         "https://x.livekit.cloud"

@@ -37,8 +37,14 @@ class FailingHandler(tornado.web.RequestHandler):
         raise RuntimeError("a bug with a secret inside")
 
 
+class EchoHandler(tornado.web.RequestHandler):
+    def post(self) -> None:
+        self.write({"received": len(self.request.body)})
+
+
 def routes(app: AppContext) -> list[Route]:
     return [
+        (r"/ext/echo", EchoHandler),
         (r"/ext/info", InfoHandler, {"app": app}),
         (r"/ext/slow", SlowHandler),
         (r"/ext/fail/(\w+)", FailingHandler),
