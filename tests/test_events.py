@@ -84,7 +84,7 @@ async def test_a_cursor_not_in_utf8_is_refused_before_the_upgrade(http_client: A
     # a subscriber for good (counted, and written to on every event), one per request.
     for _ in range(3):
         with pytest.raises(HTTPClientError) as refused:
-            await websocket_connect(ws_url(base_url, "%ff"))
+            await websocket_connect(events_url(base_url, "%ff"))
         assert refused.value.code == 400
     answer = await http_client.fetch(base_url + "/events?since=%ff", raise_error=False)
     assert answer.code == 400 and json.loads(answer.body)["errorMessage"]
