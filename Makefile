@@ -1,11 +1,23 @@
 # One task runner: `make run` and `make test` set up what they need, idempotently.
+# Supported Pythons: pyproject.toml's classifiers. `make test PYTHON=python3.13` picks one: a command
+# on PATH, or pyenv's copy of it (pyenv's shim refuses a version that is not selected).
 PYTHON ?= python3
+PYTHON_BIN := $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null || \
+	ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/*/bin/$(PYTHON) 2>/dev/null | sort -V | tail -n 1)
+# One venv per Python, so they never clobber each other: .venv for the default,
+# .venv-3.13 for PYTHON=python3.13 (or choose with VENV=...).
+ifeq ($(origin VENV),undefined)
+ifeq ($(origin PYTHON),file)
 VENV := .venv
+else
+VENV := .venv-$(if $(PYTHON_BIN),$(shell $(PYTHON_BIN) -c 'import sys; print("%d.%d" % sys.version_info[:2])'),none)
+endif
+endif
 PY := $(VENV)/bin/python
 LIVEKIT_VERSION := v1.13.5
 LIVEKIT_BIN := tools/bin/livekit-server
 
-.PHONY: run run-lan caddy test lint unit setup setup-dev system-packages livekit bench soak screenshot clean
+.PHONY: run run-lan caddy test lint unit setup setup-dev system-packages livekit bench soak screenshot clean python-path
 
 run: setup
 	@$(PY) -m dev.run
@@ -36,7 +48,8 @@ setup: $(VENV)/.runtime node_modules/.installed
 setup-dev: setup $(VENV)/.dev system-packages livekit
 
 $(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
+	@[ -n "$(PYTHON_BIN)" ] || { echo "No $(PYTHON) on PATH or in pyenv: install it, or set PYTHON"; exit 2; }
+	$(PYTHON_BIN) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.runtime: requirements.txt | $(VENV)/bin/python
@@ -99,5 +112,9 @@ soak: setup-dev bench/node_modules/.installed
 screenshot: setup-dev
 	SCREENSHOT=1 $(PY) -m pytest tests/test_e2e.py -k screenshot_scene -q
 
+# The interpreter PYTHON resolves to (empty when there is none): .ci/run asks.
+python-path:
+	@echo $(PYTHON_BIN)
+
 clean:
-	rm -rf $(VENV) node_modules tools data
+	rm -rf .venv .venv-* node_modules tools data

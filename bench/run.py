@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -160,7 +161,7 @@ def bench_ingest(workdir: Path) -> list[Figure]:
                 if result["errors"] or result["non2xx"] or result["requests"] > 40_000:
                     raise RuntimeError(f"{kind} webhook run not clean: {result}")
                 if kind == "ours":  # every answered webhook is in the file, each once
-                    with sqlite3.connect(server.workdir / "events.sqlite3") as db:
+                    with closing(sqlite3.connect(server.workdir / "events.sqlite3")) as db:
                         stored = db.execute("SELECT count(*) FROM events").fetchone()[0]
                     if stored < result["requests"]:
                         raise RuntimeError(f"{stored} stored of {result['requests']} acknowledged")

@@ -38,11 +38,16 @@ def config(tmp_path: Any, request: pytest.FixtureRequest) -> Config:
 
 
 @pytest.fixture
-def app(config: Config, request: pytest.FixtureRequest) -> Any:
+def app(config: Config, request: pytest.FixtureRequest, io_loop: Any) -> Any:
     """The app; a test loads extension modules with `@pytest.mark.extensions("module", ...)`."""
     marker = request.node.get_closest_marker("extensions")
     extensions = load_extensions(marker.args if marker else ())
-    return make_app(config, open_event_log(config), None, extensions)
+    application = make_app(config, open_event_log(config), None, extensions)
+    yield application
+    # Its stores closed as main() closes them (Python 3.13 reports an unclosed SQLite
+    # connection), unless the test ran it with `running`, which did.
+    if not application.settings.get("stopped"):
+        io_loop.run_sync(lambda: stop_app(application))
 
 
 @contextlib.asynccontextmanager
@@ -54,6 +59,7 @@ async def running(app: Any) -> AsyncIterator[Any]:
         yield app
     finally:
         await stop_app(app)
+        app.settings["stopped"] = True
 
 
 def webhook_event(event: str = "room_started", room: str = "R", **extra: Any) -> dict[str, Any]:

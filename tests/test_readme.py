@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +43,29 @@ def test_the_readme_has_curl_examples_for_every_endpoint() -> None:
         assert path in commands
 
 
+def as_run_here(command: str, port: int) -> str:
+    """The example against the test server, with the Python running the tests (a
+    `make test PYTHON=...` run has its own venv instead of the README's `.venv`)."""
+    return command.replace("localhost:6080", f"127.0.0.1:{port}").replace(".venv/bin/python", sys.executable)
+
+
 @pytest.mark.parametrize(("command", "expected"), curl_examples())
 def test_curl_example(server_process: Any, command: str, expected: str) -> None:
     server = server_process(LIVEKIT_URL="ws://localhost:7880")
     if "/events/history" in command:  # there must be an event to list
         setup = next(c for c, _ in curl_examples() if "/livekit/webhook" in c)
         subprocess.run(
-            ["bash", "-c", setup.replace("localhost:6080", f"127.0.0.1:{server.port}")],
+            ["bash", "-c", as_run_here(setup, server.port)],
             cwd=PROJECT_DIR,
             check=True,
             capture_output=True,
         )
-    local = command.replace("localhost:6080", f"127.0.0.1:{server.port}")
     result = subprocess.run(
-        ["bash", "-c", local], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=30
+        ["bash", "-c", as_run_here(command, server.port)],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     pattern = ".*".join(re.escape(part) for part in expected.split("..."))
     assert re.fullmatch(pattern, result.stdout.strip()), (result.stdout, result.stderr)
@@ -105,7 +115,7 @@ def test_make_it_yours_as_written(
         lines = command.strip().splitlines()
         expected = [line[2:] for line in lines if line.startswith("# ")]
         script = "\n".join(line for line in lines if not line.startswith("#"))
-        script = script.replace("localhost:6080", f"127.0.0.1:{server.port}")
+        script = as_run_here(script, server.port)
         for value in env.values():
             if value.startswith("data/"):  # the server's files are in its working directory
                 script = script.replace(value, str(tmp_path / value))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ async def test_store_failure_is_503_and_nothing_is_broadcast(
 ) -> None:
     socket = await websocket_connect(base_url.replace("http", "ws") + "/events")
     # A real SQLite failure: another connection makes every insert abort.
-    with sqlite3.connect(config.events_db) as other:
+    with closing(sqlite3.connect(config.events_db)) as other:
         other.execute(
             "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
         )
@@ -139,7 +140,7 @@ async def test_store_failure_is_503_and_nothing_is_broadcast(
     assert "unavailable" in json.loads(response.body)["errorMessage"]
     health = await http_client.fetch(base_url + "/healthz", raise_error=False)
     assert health.code == 503
-    with sqlite3.connect(config.events_db) as other:
+    with closing(sqlite3.connect(config.events_db)) as other:
         other.execute("DROP TRIGGER refuse")
     retried = webhook_event("room_finished")
     assert (await http_client.fetch(base_url + "/livekit/webhook", **webhook_request(retried))).code == 200
