@@ -292,6 +292,11 @@ class Config:
     event_handler_max_attempts: int = setting(5, integer(1, 100))
     event_handler_retry_seconds: float = setting(1.0, _seconds)
     event_handler_claim_seconds: int = setting(60, integer(1))
+    # Observability: /metrics, its readers, the log format.
+    metrics_enabled: bool = setting(True, _flag)
+    metrics_auth_secret: str = setting("", text)
+    metrics_port: int = setting(0, integer(0, 65535))  # 0: /metrics on SERVER_PORT
+    log_format: str = setting("text", choice("text", "json"))
     # Every variable of the environment and .env, for extensions' own settings.
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -340,6 +345,10 @@ class Config:
                 raise ConfigError(
                     f"LIVEKIT_WEBHOOK_KEYS gives key {key!r} another secret than LIVEKIT_API_SECRET"
                 )
+        if self.metrics_port and self.metrics_port == self.server_port:
+            raise ConfigError("METRICS_PORT must differ from SERVER_PORT (or be 0: /metrics on SERVER_PORT)")
+        if self.metrics_port and not self.metrics_enabled:
+            raise ConfigError("METRICS_PORT is set but METRICS_ENABLED=false: unset one of them")
         if self.app_env != "production":
             return
         if self.admin_secret and len(self.admin_secret) < 32:

@@ -32,6 +32,8 @@ from handlers.base import NotFoundHandler, log_request
 from handlers.bodies import Application
 from handlers.broadcast import Broadcaster
 from handlers.events import CLOSE_GOING_AWAY
+from handlers.metrics import Metrics, listen_metrics, metrics_routes
+from handlers.observe import request_id_transform, setup_logging
 from handlers.pages import StaticFileHandler
 from handlers.token_rules import BUILT_IN
 from rooms import Rooms, open_livekit_api
@@ -71,6 +73,7 @@ def make_app(
         else None
     )
     rooms = Rooms(config, event_log, livekit_api)
+    metrics = Metrics(lambda: broadcaster.count) if config.metrics_enabled else None
     # Who gets a token: the built-in rules, the extensions' in order, then bans and
     # identity conflicts, on the identity the others settled on.
     authorize = (
@@ -85,6 +88,7 @@ def make_app(
         *pages.routes(event_log, broadcaster),
         *events.routes(event_log, broadcaster),
         *rooms_handlers.routes(),
+        *metrics_routes(config, metrics),
     ]
     routes += extensions.routes(app_context, [str(route[0]) for route in routes])
     jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
@@ -103,6 +107,8 @@ def make_app(
         static_handler_class=StaticFileHandler,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
+        transforms=[request_id_transform(config)],
+        metrics=metrics,
         requests_in_flight=set(),
         websocket_ping_interval=20,
         websocket_ping_timeout=20,
@@ -119,7 +125,7 @@ def run() -> None:
     except ConfigError as error:
         print(f"Configuration error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config)
     try:
         if config.event_loop == "uvloop":
             import uvloop
@@ -195,6 +201,13 @@ async def main(config: Config, extensions: Extensions | None = None) -> None:
     )
     listener = Listener(server, sockets, max_connections(config))
     listener.start()
+    try:
+        app.settings["metrics_server"] = listen_metrics(config, app.settings["metrics"])
+    except OSError as error:
+        raise StartupError(
+            f"METRICS_PORT {config.metrics_port} is not available ({error.strerror or error}): "
+            "set it to a free port, or unset it to serve /metrics on SERVER_PORT"
+        ) from None
     if config.uses_dev_credentials:
         log.warning(
             "Using the development API key and secret (devkey/secret): fine for a local "
@@ -261,6 +274,8 @@ async def shutdown(
 ) -> None:
     """Stop accepting, answer what is in flight, say goodbye to sockets, close the store."""
     listener.stop()
+    if app.settings.get("metrics_server"):
+        app.settings["metrics_server"].stop()
     app.settings["broadcaster"].close_all(CLOSE_GOING_AWAY, "Server shutting down")
     rooms: Rooms = app.settings["rooms"]
     await rooms.stop()

@@ -2,7 +2,8 @@
 table and written with a description of the machine to bench/results.md.
 
 BENCH_ROUNDS (default 5 for tokens, 3 elsewhere) and BENCH_SIZES (default
-1,100,1000,5000) make it shorter or longer.
+1,100,1000,5000) make it shorter or longer. BENCH_ONLY=metrics,tokens runs only the
+sections whose titles start with those words, and prints without writing results.md.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from bench.harness import (
 from dev.livekit_server import free_port, is_listening
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "0"))
+ONLY = [word.strip().lower() for word in os.environ.get("BENCH_ONLY", "").split(",") if word.strip()]
 SIZES = [int(size) for size in os.environ.get("BENCH_SIZES", "1,100,1000,5000").split(",")]
 TOKEN_CONNECTIONS = 32
 LOAD_SECONDS = 3
@@ -171,6 +173,52 @@ def bench_ingest(workdir: Path) -> list[Figure]:
             figure.met = statistics.median(figure.ours) >= 1000
         figures += [figure, p99]
     return figures
+
+
+def bench_metrics(workdir: Path) -> list[Figure]:
+    """What /metrics costs: ours counting everything against ours with METRICS_ENABLED=false,
+    on /token and on webhook ingest, each pair of rounds run back to back. Besides
+    throughput, requests per CPU-second of the server: on a shared machine the time
+    others take from the server's core moves the first far more than the second."""
+    requests_file = workdir / "webhooks.tsv"
+    if not requests_file.exists():
+        write_webhook_file(requests_file, 40_000)
+    baseline = "METRICS_ENABLED=false"
+    figures = {
+        (load, measure): Figure(f"{load} {measure}, metrics on vs off", unit, baseline=baseline)
+        for load in ("/token", "webhooks")
+        for measure, unit in (("throughput", "req/s"), ("per CPU-second", "req"))
+    }
+    for order in alternating(["on", "off"], ROUNDS or 7):
+        for kind in order:
+            server = Server("ours", {} if kind == "on" else {"METRICS_ENABLED": "false"})
+            server.start()
+            try:
+                wrk(server.url + "/token", BENCH_DIR / "token.lua", 1, TOKEN_CONNECTIONS)  # warm-up
+                runs = {}
+                for load, url, script, connections, args in (
+                    ("/token", server.url + "/token", "token.lua", TOKEN_CONNECTIONS, []),
+                    ("webhooks", server.url, "webhooks.lua", 16, [str(requests_file)]),
+                ):
+                    cpu = server.cpu_seconds()
+                    runs[load] = wrk(url, BENCH_DIR / script, LOAD_SECONDS, connections, *args)
+                    runs[load]["cpu"] = server.cpu_seconds() - cpu
+            finally:
+                server.stop()
+            for load, run in runs.items():
+                if run["errors"] or run["non2xx"]:
+                    raise RuntimeError(f"metrics {kind}, {load}: answered errors: {run}")
+                for measure, number in (
+                    ("throughput", run["rps"]),
+                    ("per CPU-second", run["requests"] / run["cpu"]),
+                ):
+                    figure = figures[load, measure]
+                    (figure.ours if kind == "on" else figure.base).append(number)
+    for (_, measure), figure in figures.items():
+        if measure == "throughput":
+            figure.target = ">= 0.95x"
+            figure.met = statistics.median(figure.ratios) >= 0.95
+    return list(figures.values())
 
 
 def fanout_round(
@@ -351,7 +399,10 @@ def main() -> None:
         ("Fan-out and memory", bench_fanout),
         ("Redis", lambda: bench_redis(workdir)),
         ("Start-up", bench_startup),
+        ("Metrics cost", lambda: bench_metrics(workdir)),
     ]
+    if ONLY:
+        sections = [(title, run) for title, run in sections if title.lower().startswith(tuple(ONLY))]
     header = ["figure", "ours, median [min-max]", "baseline", "ratio", "target", "met"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for title, run in sections:
@@ -380,6 +431,9 @@ def main() -> None:
             "",
         ]
     )
+    if ONLY:
+        print("\nBENCH_ONLY: a partial run, bench/results.md left as it was")
+        return
     (BENCH_DIR / "results.md").write_text(text)
     print(f"\nWritten to {BENCH_DIR / 'results.md'}")
 

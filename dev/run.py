@@ -9,6 +9,7 @@ import os
 import server
 from config import Config, ConfigError
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, is_listening
+from handlers.observe import setup_logging
 
 DEFAULT_LIVEKIT_URL = "ws://localhost:7880"
 log = logging.getLogger("dev.run")
@@ -21,7 +22,7 @@ def main() -> None:
         config = Config.from_env()
     except ConfigError as error:
         raise SystemExit(f"Configuration error: {error}") from None
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config)
     livekit = None
     if config.livekit_url.rstrip("/") == DEFAULT_LIVEKIT_URL and not is_listening(7880):
         binary = find_binary()

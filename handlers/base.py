@@ -11,21 +11,24 @@ import orjson
 import tornado.web
 
 from config import Config
-from handlers.logsafe import printable
+from handlers.logsafe import printable, quoted
+from handlers.observe import observe_request, request_fields
 
 access_log = logging.getLogger("tornado.access")
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """One line a request; handlers add what it was about (`log_detail`), never a secret.
+    """One line a request; handlers add what it was about (`log_fields`), never a secret.
     Answered requests are DEBUG: at thousands a second, writing a line each costs a
     fifth of the server's time (measured); refused ones are WARNING, failures ERROR."""
+    observe_request(handler)
     status = handler.get_status()
     level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     if not access_log.isEnabledFor(level):
         return
     request = handler.request
-    detail = getattr(handler, "log_detail", "")
+    fields = getattr(handler, "log_fields", {})
+    detail = " ".join(f"{name}={quoted(str(value))}" for name, value in fields.items())
     access_log.log(
         level,
         "%d %s %s (%s) %.2fms%s",
@@ -34,7 +37,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         printable(request.uri or ""),
         request.remote_ip,
         1000 * request.request_time(),
-        f" {printable(detail)}" if detail else "",
+        f" {detail}" if detail else "",
+        extra=request_fields(handler),
     )
 
 
@@ -149,7 +153,7 @@ class Handler(Tracked):
         else:
             return
         self.cors_allowed = True
-        self.set_header("Access-Control-Expose-Headers", "Retry-After")
+        self.set_header("Access-Control-Expose-Headers", "Retry-After, X-Request-Id")
 
     def options(self, *args: Any) -> None:
         if not self.cors_methods:

@@ -27,6 +27,7 @@ from handlers.broadcast import (
     page_notice,
     unknown_cursor_notice,
 )
+from handlers.observe import frame_sent, socket_closed, timed_store
 from handlers.origins import UNKNOWN_HOST, EveryOriginChecked, known_host, same_origin
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,9 @@ class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler
         idle_reads = 0
         while True:
             self.ensure_open()
-            page = await event_log.read(cursor, REPLAY_PAGE_EVENTS, REPLAY_PAGE_BYTES)
+            page = await timed_store(
+                self, "read", event_log.read(cursor, REPLAY_PAGE_EVENTS, REPLAY_PAGE_BYTES)
+            )
             self.ensure_open()
             if page.unknown_cursor:
                 self.tell(unknown_cursor_notice(cursor or ""))
@@ -192,6 +195,7 @@ class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler
         self.last_order = entries[-1].order
         try:
             written = self.ws_connection.stream.write(b"".join(make_frame(entry).wire for entry in entries))
+            frame_sent(self, len(entries))
         except StreamClosedError:
             raise _Closed from None
         done, _ = await asyncio.wait([written], timeout=self.send_timeout)
@@ -220,8 +224,9 @@ class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler
         # The frame was built once for every socket (no compression is negotiated, so
         # all get the same bytes): write it as is. write_message would build it again
         # and wrap each write in a task, which was most of the fan-out's time.
-        try:  # noqa: SIM105 - contextlib.suppress costs a microsecond per socket and event
+        try:
             stream.write(frame.wire)
+            frame_sent(self)
         except StreamClosedError:
             pass  # on_close follows
 
@@ -229,6 +234,7 @@ class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler
         if self.ws_connection is not None and not self.ws_connection.is_closing():
             with contextlib.suppress(tornado.websocket.WebSocketClosedError):
                 self.write_message(notice_data)
+                frame_sent(self)
 
     def too_slow(self, why: str) -> None:
         self.broadcaster.unsubscribe(self)
@@ -238,8 +244,13 @@ class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler
     def on_message(self, message: str | bytes) -> None:
         """Clients have nothing to say; the socket only carries events to them."""
 
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        self.closed_with = code  # the reason this server closed it, for /metrics
+        super().close(code, reason)
+
     def on_close(self) -> None:
         self.broadcaster.unsubscribe(self)
+        socket_closed(self)
         if self.replay_task is not None and not self.replay_task.done():
             self.replay_task.cancel()
 
@@ -264,11 +275,11 @@ class EventHistoryHandler(Handler):
         parts: list[bytes] = []
         try:
             cursor = since if since is not None else await self.event_log.newest_start(limit)
-            page = await self.event_log.read(cursor, limit, HISTORY_MAX_BYTES)
+            page = await timed_store(self, "read", self.event_log.read(cursor, limit, HISTORY_MAX_BYTES))
             if page.unknown_cursor:
                 parts.append(unknown_cursor_notice(cursor or ""))
                 cursor = await self.event_log.newest_start(limit)
-                page = await self.event_log.read(cursor, limit, HISTORY_MAX_BYTES)
+                page = await timed_store(self, "read", self.event_log.read(cursor, limit, HISTORY_MAX_BYTES))
         except StoreUnavailable:
             raise ApiError(503, "The event store cannot be read; retry later") from None
         trimmed = page_notice(page, cursor)

@@ -56,7 +56,7 @@ class TokenHandler(Handler):
             log.error("no token for %s: %s", quoted(request.identity), error)
             raise ApiError(500, "Internal server error") from None
         # Logged with the request's access line: who and where, never the token.
-        self.log_detail = f"room={quoted(grant.room)} identity={quoted(grant.identity)}"
+        self.log_fields.update(room=grant.room, identity=grant.identity)
         token = mint(grant, self.config)
         if request.shape == "openvidu":
             self.write_json({"token": token})  # only that key: the Android client is strict
@@ -75,11 +75,13 @@ class TokenHandler(Handler):
             "app": self.settings["app_context"],
         }
         if "roomName" in body or "participantName" in body:
+            self.log_fields = {"shape": "openvidu"}
             room, identity = (
                 _name(body, "roomName", required=True),
                 _name(body, "participantName", required=True),
             )
             return TokenRequest("openvidu", room, identity, "", None, None, None, **common)
+        self.log_fields = {"shape": "standard"}
         metadata = body.get("participant_metadata")
         if metadata is not None and not isinstance(metadata, str):
             raise ApiError(400, "participant_metadata must be a string")

@@ -17,7 +17,7 @@ from livekit.api import TokenVerifier
 from config import Config
 from eventlog import EventLog, StoreUnavailable
 from handlers.base import ApiError, Handler, Route
-from handlers.logsafe import quoted
+from handlers.observe import timed_store
 
 # LiveKit signs each webhook with a 5-minute token; this much clock skew is tolerated.
 WEBHOOK_LEEWAY = timedelta(seconds=60)
@@ -79,17 +79,22 @@ class WebhookHandler(Handler):
         except TypeError:  # orjson writes at most 254 levels of nesting; LiveKit's events have a few
             raise ApiError(400, "Webhook body is not a webhook event (nested too deeply)") from None
         try:
-            cursor = await self.event_log.append(event["id"], int(time.time() * 1000), event_json)
+            cursor = await timed_store(
+                self, "append", self.event_log.append(event["id"], int(time.time() * 1000), event_json)
+            )
         except StoreUnavailable:
             # LiveKit retries a 5xx: nothing was acknowledged, nothing was broadcast.
             raise ApiError(503, "The event store is unavailable; retry later") from None
-        room_name = str(event.get("room", {}).get("name", ""))
-        self.log_detail = f"{quoted(event['event'])} {quoted(event['id'])} room={quoted(room_name)}"
+        self.log_fields = {
+            "event": event["event"],
+            "event_id": event["id"],
+            "room": str(event.get("room", {}).get("name", "")),
+        }
         if cursor is None:
-            self.log_detail += " duplicate, not stored again"
+            self.log_fields["result"] = "duplicate"
             self.write_json({"status": "duplicate"})
         else:
-            self.log_detail += f" stored as {cursor}"
+            self.log_fields.update(result="stored", cursor=cursor)
             self.write_json({"status": "stored", "cursor": cursor})
 
 

@@ -1,0 +1,131 @@
+"""The hooks that make the server observable: each request's id (X-Request-Id), the
+fields of its access line, the log format (LOG_FORMAT: text or json), and the calls
+that feed /metrics (handlers/metrics.py), which do nothing when metrics are off."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import tornado.httputil
+import tornado.web
+from pythonjsonlogger.json import JsonFormatter
+
+from config import Config
+
+if TYPE_CHECKING:
+    from handlers.metrics import Metrics
+
+T = TypeVar("T")
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# An incoming id is kept only if it is short and printable: it goes into every log line.
+_VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}", re.ASCII)
+
+
+def setup_logging(config: Config) -> None:
+    """Text lines (the default) or one JSON object a line: time, level, logger, message,
+    and for each request's access line the fields of `request_fields`."""
+    handler = logging.StreamHandler()
+    if config.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "{levelname}{name}{message}",
+                style="{",
+                rename_fields={"levelname": "level", "name": "logger"},
+                timestamp="time",
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=config.log_level, handlers=[handler])
+
+
+class RequestIdTransform(tornado.web.OutputTransform):
+    """Gives every request a new id, sent back in X-Request-Id on every answer (errors,
+    pages, static files and WebSocket upgrades too: Tornado runs each answer's first
+    chunk through the application's transforms)."""
+
+    def __init__(self, request: tornado.httputil.HTTPServerRequest) -> None:
+        self.request_id = self.choose_id(request)
+        request.request_id = self.request_id  # type: ignore[attr-defined]
+
+    def choose_id(self, request: tornado.httputil.HTTPServerRequest) -> str:
+        return secrets.token_hex(16)
+
+    def transform_first_chunk(
+        self, status_code: int, headers: tornado.httputil.HTTPHeaders, chunk: bytes, finishing: bool
+    ) -> tuple[int, tornado.httputil.HTTPHeaders, bytes]:
+        headers["X-Request-Id"] = self.request_id
+        return status_code, headers, chunk
+
+
+class TrustedRequestIdTransform(RequestIdTransform):
+    """Behind a trusted proxy (TRUST_PROXY_HEADERS): the proxy's X-Request-Id is kept, so
+    one id follows the request through the proxy's logs and ours."""
+
+    def choose_id(self, request: tornado.httputil.HTTPServerRequest) -> str:
+        given = request.headers.get("X-Request-Id", "")
+        return given if _VALID_REQUEST_ID.fullmatch(given) else super().choose_id(request)
+
+
+def request_id_transform(config: Config) -> type[RequestIdTransform]:
+    return TrustedRequestIdTransform if config.trust_proxy_headers else RequestIdTransform
+
+
+def request_id(handler: tornado.web.RequestHandler) -> str:
+    return getattr(handler.request, "request_id", "")
+
+
+def request_fields(handler: tornado.web.RequestHandler) -> dict[str, Any]:
+    """The access line's fields: the request, then what the handler says it was about
+    (`log_fields`: room, identity, event_id...), never a token or a secret."""
+    request = handler.request
+    return {
+        "method": request.method,
+        "path": request.path,
+        "status": handler.get_status(),
+        "duration_ms": round(1000 * request.request_time(), 2),
+        "client": request.remote_ip,
+        "request_id": request_id(handler),
+        **getattr(handler, "log_fields", {}),
+    }
+
+
+def _metrics_of(handler: tornado.web.RequestHandler) -> Metrics | None:
+    return handler.settings.get("metrics")
+
+
+def observe_request(handler: tornado.web.RequestHandler) -> None:
+    """Counts the answered request (from the access log, which sees every one)."""
+    metrics = _metrics_of(handler)
+    if metrics is not None:
+        metrics.observe(handler)
+
+
+def frame_sent(handler: tornado.web.RequestHandler, count: int = 1) -> None:
+    metrics = _metrics_of(handler)
+    if metrics is not None:
+        metrics.frames_sent += count
+
+
+def socket_closed(handler: tornado.web.RequestHandler) -> None:
+    metrics = _metrics_of(handler)
+    if metrics is not None:
+        metrics.socket_closed(handler)
+
+
+async def timed_store(handler: tornado.web.RequestHandler, operation: str, call: Awaitable[T]) -> T:
+    """Awaits one event-store call, timed into the store latency histogram."""
+    metrics = _metrics_of(handler)
+    if metrics is None:
+        return await call
+    started = time.perf_counter()
+    try:
+        return await call
+    finally:
+        metrics.child(metrics.store_seconds, operation).observe(time.perf_counter() - started)
