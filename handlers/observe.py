@@ -9,6 +9,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import tornado.httputil
@@ -33,16 +34,21 @@ def setup_logging(config: Config) -> None:
     handler = logging.StreamHandler()
     if config.log_format == "json":
         handler.setFormatter(
-            JsonFormatter(
-                "{levelname}{name}{message}",
+            _JsonFormatter(
+                "{asctime}{levelname}{name}{message}",
                 style="{",
-                rename_fields={"levelname": "level", "name": "logger"},
-                timestamp="time",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             )
         )
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=config.log_level, handlers=[handler])
+
+
+class _JsonFormatter(JsonFormatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # ISO 8601 in UTC, to the microsecond, for log pipelines (logging's own is local, no zone).
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds")
 
 
 class RequestIdTransform(tornado.web.OutputTransform):
