@@ -36,6 +36,7 @@ from handlers.metrics import Metrics, listen_metrics, metrics_routes
 from handlers.observe import request_id_transform, setup_logging
 from handlers.pages import StaticFileHandler
 from handlers.token_rules import BUILT_IN
+from handlers.openapi import OPENAPI_FILE, OpenApiHandler
 from rooms import Rooms, open_livekit_api
 
 log = logging.getLogger("server")
@@ -89,6 +90,7 @@ def make_app(
         *events.routes(event_log, broadcaster),
         *rooms_handlers.routes(),
         *metrics_routes(config, metrics),
+        (r"/openapi\.json", OpenApiHandler, {"document": OPENAPI_FILE.read_bytes()}),
     ]
     routes += extensions.routes(app_context, [str(route[0]) for route in routes])
     jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())

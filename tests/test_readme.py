@@ -39,7 +39,7 @@ def curl_examples(admin: bool = False) -> list[tuple[str, str]]:
 
 def test_the_readme_has_curl_examples_for_every_endpoint() -> None:
     commands = " ".join(command for command, _ in curl_examples())
-    for path in ("/token", "/livekit/webhook", "/events/history", "/healthz"):
+    for path in ("/token", "/livekit/webhook", "/events/history", "/healthz", "/metrics", "/openapi.json"):
         assert path in commands
 
 

@@ -1,0 +1,294 @@
+"""GET /openapi.json describes what the server really answers: every route is in it, every
+documented answer is produced here by a real request and validated with openapi-core, and
+real WebSocket frames are validated against its frame schemas."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import sys
+from contextlib import closing
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+import tornado.web
+from openapi_core import Config as OpenApiConfig
+from openapi_core import OpenAPI
+from openapi_core.datatypes import RequestParameters
+from openapi_schema_validator import OAS31Validator
+from tornado.httpclient import HTTPRequest, HTTPResponse
+from tornado.httputil import HTTPHeaders
+from tornado.websocket import websocket_connect
+from werkzeug.datastructures import Headers, ImmutableMultiDict
+
+from config import Config
+from handlers.openapi import OPENAPI_FILE
+from tests.conftest import webhook_event, webhook_request
+
+DOCUMENT = json.loads(OPENAPI_FILE.read_text())
+# Checks the document itself (openapi-spec-validator); LiveKit's webhook media type is JSON.
+API = OpenAPI.from_dict(
+    DOCUMENT, config=OpenApiConfig(extra_media_type_deserializers={"application/webhook+json": json.loads})
+)
+FRAME = OAS31Validator({"$ref": "#/components/schemas/Frame", "components": DOCUMENT["components"]})
+TOKEN = "/token"
+# Every (path, method, status) answered and validated by the tests of this module.
+SEEN: set[tuple[str, str, str]] = set()
+
+
+class OpenApiRequest:
+    """A request made by Tornado's client, as openapi-core reads one."""
+
+    def __init__(self, request: HTTPRequest) -> None:
+        url = urlsplit(request.url)
+        self.host_url = f"{url.scheme}://{url.netloc}"
+        self.path = url.path
+        self.method = request.method.lower()
+        self.body = request.body or b""
+        self.content_type = request.headers.get("Content-Type", "")
+        self.parameters = RequestParameters(
+            query=ImmutableMultiDict(parse_qsl(url.query)),
+            header=Headers(list(HTTPHeaders(request.headers).get_all())),
+            cookie=ImmutableMultiDict(),
+        )
+
+
+class OpenApiResponse:
+    """Its answer, as openapi-core reads one."""
+
+    def __init__(self, status: int, headers: Any, body: bytes) -> None:
+        self.status_code = status
+        self.headers = Headers(list(headers.get_all()))
+        self.content_type = headers.get("Content-Type", "")
+        self.data = body
+
+
+def documented_path(path: str) -> str:
+    for template in DOCUMENT["paths"]:
+        if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path):
+            return str(template)
+    raise AssertionError(f"{path} is not in the document")
+
+
+def check(response: HTTPResponse, request_is_valid: bool = True) -> HTTPResponse:
+    """Validates a real answer (and, unless the test sends bad input on purpose, its
+    request) against the document, and notes it as seen."""
+    request = OpenApiRequest(response.request)
+    if request_is_valid:
+        API.validate_request(request)
+    API.validate_response(request, OpenApiResponse(response.code, response.headers, response.body))
+    SEEN.add((documented_path(request.path), request.method, str(response.code)))
+    return response
+
+
+async def fetch(
+    http_client: Any, base_url: str, path: str, valid: bool = True, **kwargs: Any
+) -> HTTPResponse:
+    return check(await http_client.fetch(base_url + path, **{"raise_error": False, **kwargs}), valid)
+
+
+def json_post(body: Any, **headers: str) -> dict[str, Any]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return {"method": "POST", "body": raw, "headers": {"Content-Type": "application/json", **headers}}
+
+
+def all_documented() -> set[tuple[str, str, str]]:
+    return {
+        (path, method, status)
+        for path, item in DOCUMENT["paths"].items()
+        for method, operation in item.items()
+        for status in operation["responses"]
+    }
+
+
+@pytest.mark.settings(cors_allowed_origins=("http://localhost:5080",), room_name_pattern="room-.*")
+@pytest.mark.gen_test
+async def test_token_answers(http_client: Any, base_url: str) -> None:
+    openvidu = await fetch(
+        http_client, base_url, TOKEN, **json_post({"roomName": "room-1", "participantName": "a"})
+    )
+    assert openvidu.code == 200
+    standard = await fetch(http_client, base_url, TOKEN, **json_post({"room_name": "room-2"}))
+    assert standard.code == 201
+    assert (await fetch(http_client, base_url, TOKEN, False, **json_post(b"{nope"))).code == 400
+    assert (await fetch(http_client, base_url, TOKEN, **json_post({"room_name": "lobby"}))).code == 422
+    too_big = json_post({"room_name": "room-3", "participant_metadata": "x" * 70_000})
+    assert (await fetch(http_client, base_url, TOKEN, **too_big)).code == 413
+    plain = {"method": "POST", "body": b"roomName=r", "headers": {"Content-Type": "text/plain"}}
+    assert (await fetch(http_client, base_url, TOKEN, False, **plain)).code == 415
+    preflight = {"method": "OPTIONS", "headers": {"Access-Control-Request-Method": "POST"}}
+    allowed = await fetch(
+        http_client,
+        base_url,
+        TOKEN,
+        headers={**preflight["headers"], "Origin": "http://localhost:5080"},
+        method="OPTIONS",
+    )
+    refused = await fetch(
+        http_client,
+        base_url,
+        TOKEN,
+        headers={**preflight["headers"], "Origin": "http://evil.example"},
+        method="OPTIONS",
+    )
+    assert (allowed.code, refused.code) == (204, 403)
+
+
+@pytest.mark.settings(token_auth_secret="door", token_client_fields=(), token_rate_limit=2)
+@pytest.mark.gen_test
+async def test_token_refusals(http_client: Any, base_url: str) -> None:
+    door = {"Authorization": "Bearer door"}
+    assert (await fetch(http_client, base_url, TOKEN, **json_post({}))).code == 401
+    forbidden = json_post({"participant_metadata": "m"}, **door)
+    assert (await fetch(http_client, base_url, TOKEN, **forbidden)).code == 403
+    assert (await fetch(http_client, base_url, TOKEN, **json_post({}, **door))).code == 429  # the 3rd of 2
+
+
+@pytest.mark.gen_test
+async def test_webhook_answers(http_client: Any, base_url: str, config: Config) -> None:
+    event = webhook_event("participant_joined", participant={"identity": "alice"})
+    paths = ("/livekit/webhook", "/webhook")
+    for path in paths:
+        assert (await fetch(http_client, base_url, path, **webhook_request(event))).code == 200
+    assert json.loads((await fetch(http_client, base_url, "/webhook", **webhook_request(event))).body) == {
+        "status": "duplicate"
+    }
+    wrong_type = webhook_request(webhook_event())
+    wrong_type["headers"]["Content-Type"] = "text/plain"
+    for path in paths:
+        bad_signature = webhook_request(webhook_event(), secret="wrong")
+        assert (await fetch(http_client, base_url, path, **bad_signature)).code == 401
+        assert (await fetch(http_client, base_url, path, False, **webhook_request(b"[]"))).code == 400
+        huge = webhook_request(webhook_event(pad="x" * (1024 * 1024)))
+        assert (await fetch(http_client, base_url, path, **huge)).code == 413
+        assert (await fetch(http_client, base_url, path, False, **wrong_type)).code == 415
+    with closing(sqlite3.connect(config.events_db)) as other:  # a real SQLite failure
+        other.execute("CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'full'); END")
+    for path in paths:
+        refused = await fetch(http_client, base_url, path, **webhook_request(webhook_event()))
+        assert refused.code == 503
+    assert (await fetch(http_client, base_url, "/healthz")).code == 503
+
+
+@pytest.mark.settings(events_keep=2)
+@pytest.mark.gen_test
+async def test_history_health_and_socket_frames(http_client: Any, base_url: str, config: Config) -> None:
+    assert (await fetch(http_client, base_url, "/healthz")).code == 200
+    for _ in range(3):
+        await http_client.fetch(base_url + "/livekit/webhook", **webhook_request(webhook_event()))
+    listed = json.loads((await fetch(http_client, base_url, "/events/history?limit=10")).body)
+    trimmed = json.loads((await fetch(http_client, base_url, "/events/history?since=0")).body)
+    assert [frame.get("notice") for frame in trimmed][:1] == ["history_trimmed"]
+    assert (await fetch(http_client, base_url, "/events/history?limit=0", False)).code == 400
+
+    ws_url = base_url.replace("http", "ws") + "/events"
+    frames = []
+    for query in ("", "?since=0", "?since=not-a-cursor"):
+        socket = await websocket_connect(ws_url + query)
+        check_upgrade(socket, base_url + "/events" + query)
+        frames += [json.loads(await socket.read_message()) for _ in range(2)]
+        socket.close()
+    notices = {frame["notice"] for frame in frames if "notice" in frame}
+    assert notices == {"history_trimmed", "unknown_cursor"}
+    for frame in frames + listed + trimmed:
+        FRAME.validate(frame)
+    assert (await fetch(http_client, base_url, "/events", False)).code == 400
+    upgrade = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+        "Origin": "http://evil.example",
+    }
+    assert (await fetch(http_client, base_url, "/events", headers=upgrade)).code == 403
+
+    with closing(sqlite3.connect(config.events_db)) as other:  # the store cannot be read
+        other.execute("DROP TABLE events")
+    assert (await fetch(http_client, base_url, "/events/history")).code == 503
+
+
+def check_upgrade(socket: Any, url: str) -> None:
+    """The 101 of a WebSocket handshake, which the HTTP client does not return as a response."""
+    request = OpenApiRequest(HTTPRequest(url, headers={"Upgrade": "websocket"}))
+    API.validate_request(request)
+    API.validate_response(request, OpenApiResponse(101, socket.headers, b""))
+    SEEN.add(("/events", "get", "101"))
+
+
+@pytest.mark.gen_test
+async def test_pages_files_and_this_document(http_client: Any, base_url: str) -> None:
+    assert (await fetch(http_client, base_url, "/")).code == 200
+    assert (await fetch(http_client, base_url, "/static/room.js")).code == 200
+    assert (await fetch(http_client, base_url, "/static/none.js")).code == 404
+    assert (await fetch(http_client, base_url, "/vendor/livekit-client/livekit-client.umd.js")).code == 200
+    assert (await fetch(http_client, base_url, "/vendor/livekit-client/none.js")).code == 404
+    assert (await fetch(http_client, base_url, "/static/style.css", method="HEAD")).code == 200
+    assert (await fetch(http_client, base_url, "/static/none.css", method="HEAD")).code == 404
+    assert (
+        await fetch(http_client, base_url, "/vendor/livekit-client/livekit-client.umd.js", method="HEAD")
+    ).code == 200
+    assert (await fetch(http_client, base_url, "/vendor/livekit-client/none.js", method="HEAD")).code == 404
+    served = await fetch(http_client, base_url, "/openapi.json")
+    assert json.loads(served.body) == DOCUMENT
+    assert served.headers["Access-Control-Allow-Origin"] == "*"
+
+
+@pytest.mark.gen_test
+async def test_metrics_public_in_development(http_client: Any, base_url: str) -> None:
+    assert (await fetch(http_client, base_url, "/metrics")).code == 200
+
+
+@pytest.mark.settings(metrics_auth_secret="scraper")
+@pytest.mark.gen_test
+async def test_metrics_with_a_secret(http_client: Any, base_url: str) -> None:
+    assert (await fetch(http_client, base_url, "/metrics")).code == 401
+    assert (
+        await fetch(http_client, base_url, "/metrics", headers={"Authorization": "Bearer scraper"})
+    ).code == 200
+
+
+@pytest.mark.settings(app_env="production")
+@pytest.mark.gen_test
+async def test_metrics_in_production(http_client: Any, base_url: str) -> None:
+    assert (await fetch(http_client, base_url, "/metrics")).code == 403
+
+
+@pytest.mark.settings(metrics_enabled=False)
+@pytest.mark.gen_test
+async def test_metrics_off(http_client: Any, base_url: str) -> None:
+    assert (await fetch(http_client, base_url, "/metrics")).code == 404
+
+
+def test_every_route_and_method_is_documented(app: tornado.web.Application) -> None:
+    # Tornado's static_path also routes these two to static/, which has neither file (404).
+    implicit = {r"/(favicon\.ico)", r"/(robots\.txt)"}
+    routes = {
+        rule.matcher.regex.pattern.rstrip("$"): rule.target
+        for rule in app.wildcard_router.rules
+        if rule.matcher.regex.pattern.rstrip("$") not in implicit
+    }
+    assert set(routes) >= {"/+token", "/livekit/webhook", "/events", "/metrics"}
+    documented = {re.sub(r"\{[^}]+\}", "x", path): path for path in DOCUMENT["paths"]}
+    for pattern, handler in routes.items():
+        paths = [path for example, path in documented.items() if re.fullmatch(pattern, example)]
+        assert paths, f"route {pattern} ({handler.__name__}) is not in docs/openapi.json"
+        implemented = {
+            method.lower()
+            for method in handler.SUPPORTED_METHODS
+            if getattr(handler, method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
+        }
+        assert set(DOCUMENT["paths"][paths[0]]) == implemented, pattern
+    for example, path in documented.items():
+        assert any(re.fullmatch(pattern, example) for pattern in routes), (
+            f"{path} is documented but not served"
+        )
+
+
+def test_every_documented_answer_was_produced(request: pytest.FixtureRequest) -> None:
+    module = sys.modules[__name__]
+    ran = [item for item in request.session.items if getattr(item, "module", None) is module]
+    if len(ran) < len([name for name in dir(module) if name.startswith("test_")]):
+        pytest.skip("runs only with the whole module, whose tests produce the answers")
+    assert all_documented() - SEEN == set()
