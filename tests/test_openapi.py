@@ -222,6 +222,14 @@ async def test_pages_files_and_this_document(http_client: Any, base_url: str) ->
     assert (await fetch(http_client, base_url, "/")).code == 200
     assert (await fetch(http_client, base_url, "/static/room.js")).code == 200
     assert (await fetch(http_client, base_url, "/static/none.js")).code == 404
+    assert (await fetch(http_client, base_url, "/vendor/qrcode-generator/qrcode.mjs")).code == 200
+    assert (await fetch(http_client, base_url, "/vendor/qrcode-generator/none.mjs")).code == 404
+    assert (
+        await fetch(http_client, base_url, "/vendor/qrcode-generator/qrcode.mjs", method="HEAD")
+    ).code == 200
+    assert (
+        await fetch(http_client, base_url, "/vendor/qrcode-generator/none.mjs", method="HEAD")
+    ).code == 404
     assert (await fetch(http_client, base_url, "/vendor/livekit-client/livekit-client.umd.js")).code == 200
     assert (await fetch(http_client, base_url, "/vendor/livekit-client/none.js")).code == 404
     assert (await fetch(http_client, base_url, "/static/style.css", method="HEAD")).code == 200
