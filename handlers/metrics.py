@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from config import Config
 from handlers.base import ApiError, Handler, NotFoundHandler, log_request
+from handlers.observe import request_id_transform
 from handlers.token import TokenHandler
 from handlers.webhook import WebhookHandler
 
@@ -217,6 +218,7 @@ def make_metrics_app(config: Config, metrics: Metrics) -> tornado.web.Applicatio
         config=config,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
+        transforms=[request_id_transform(config)],
     )
 
 

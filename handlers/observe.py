@@ -89,7 +89,8 @@ def request_id(handler: tornado.web.RequestHandler) -> str:
 
 def request_fields(handler: tornado.web.RequestHandler) -> dict[str, Any]:
     """The access line's fields: the request, then what the handler says it was about
-    (`log_fields`: room, identity, event_id...), never a token or a secret."""
+    (`log_fields`: room, identity, event_id...), never a token or a secret. (Handlers'
+    keys must not be LogRecord attributes such as `name` or `message`: logging refuses those.)"""
     request = handler.request
     return {
         "method": request.method,

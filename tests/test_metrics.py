@@ -223,5 +223,7 @@ def test_metrics_settings_are_checked() -> None:
         Config.from_env({"SERVER_PORT": "7000", "METRICS_PORT": "7000"}, env_file=None)
     with pytest.raises(ConfigError, match="METRICS_ENABLED"):
         Config.from_env({"METRICS_ENABLED": "maybe"}, env_file=None)
+    with pytest.raises(ConfigError, match="METRICS_PORT is set but METRICS_ENABLED=false"):
+        Config.from_env({"METRICS_ENABLED": "false", "METRICS_PORT": "9100"}, env_file=None)
     config = Config.from_env({"METRICS_PORT": "9100", "METRICS_AUTH_SECRET": "s"}, env_file=None)
     assert (config.metrics_enabled, config.metrics_port, config.metrics_auth_secret) == (True, 9100, "s")
