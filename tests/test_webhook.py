@@ -257,7 +257,7 @@ async def test_credentials_never_reach_the_store_the_history_or_a_socket(
     sent = await socket.read_message()
     socket.close()
     history_body = (await http_client.fetch(base_url + "/events/history")).body.decode()
-    with sqlite3.connect(config.events_db) as db:
+    with closing(sqlite3.connect(config.events_db)) as db:
         stored = "\n".join(str(row) for row in db.execute("SELECT * FROM events"))
     # The files themselves too (the database and its write-ahead log).
     files = b"".join(path.read_bytes() for path in Path(config.events_db).parent.glob("events.sqlite3*"))
