@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from config import Config
 from handlers.base import ApiError, Handler, NotFoundHandler, log_request
 from handlers.observe import request_id_transform
+from handlers.rooms import AdminHandler
 from handlers.token import TokenHandler
 from handlers.webhook import WebhookHandler
 
@@ -58,6 +59,18 @@ WEBHOOK_REFUSALS = {
     415: "content_type",
     503: "store_unavailable",
 }
+# The admin API's actions, by handler and method (handlers/rooms.py).
+ADMIN_ACTIONS = {
+    ("RoomsHandler", "GET"): "list_rooms",
+    ("RoomHandler", "GET"): "get_room",
+    ("RoomHandler", "DELETE"): "delete_room",
+    ("ParticipantHandler", "GET"): "get_participant",
+    ("ParticipantHandler", "PATCH"): "update_participant",
+    ("RemoveHandler", "POST"): "remove_participant",
+    ("MuteHandler", "POST"): "mute_track",
+    ("BansHandler", "GET"): "list_bans",
+    ("BanHandler", "DELETE"): "lift_ban",
+}
 # Close codes this server sends (handlers/events.py), as the reason a socket closed.
 SERVER_CLOSES = {1008: "too_slow", 1001: "shutdown", 1013: "store_unavailable", 1011: "error"}
 # Store calls take from well under a millisecond (SQLite, group commit) to a Redis round trip.
@@ -92,6 +105,12 @@ class Metrics:
             "livekit_app_rate_limited",
             "Requests refused with 429 by a rate limit, by handler",
             ["handler"],
+            registry=self.registry,
+        )
+        self.admin_requests = Counter(
+            "livekit_app_admin_requests",
+            "Admin API answers, by action (list_rooms, remove_participant, mute_track...) and HTTP status",
+            ["action", "status"],
             registry=self.registry,
         )
         sockets = Gauge("livekit_app_event_sockets", "Connected WS /events sockets", registry=self.registry)
@@ -151,6 +170,9 @@ class Metrics:
                     self.child(self.events, event if event in EVENT_TYPES else "other").inc()
             else:
                 self.child(self.webhooks, "refused", WEBHOOK_REFUSALS.get(status, str(status))).inc()
+        elif isinstance(handler, AdminHandler):
+            action = ADMIN_ACTIONS.get((type(handler).__name__, handler.request.method or ""), "other")
+            self.child(self.admin_requests, action, str(status)).inc()
 
     def socket_closed(self, handler: Any) -> None:
         # Tornado keeps no trace of who closed first, so the socket notes its own closes.

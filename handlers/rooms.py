@@ -63,7 +63,7 @@ class AdminHandler(Handler):
 
     def prepare(self) -> None:
         self.caller = admin_caller(self.config, self.request)
-        self.log_detail = f"by {self.caller}"
+        self.log_fields = {"by": self.caller}
         if self.request.body:
             if len(self.request.body) > self.max_body_bytes:
                 raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")

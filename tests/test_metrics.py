@@ -156,6 +156,23 @@ async def test_a_socket_closed_as_too_slow_is_counted(
     assert closed == 1
 
 
+@pytest.mark.settings(admin_secret="admin-secret-for-the-metrics-test")
+@pytest.mark.gen_test
+async def test_admin_actions_by_action_and_status(http_client: Any, base_url: str) -> None:
+    admin = {"Authorization": "Bearer admin-secret-for-the-metrics-test"}
+    bans = await http_client.fetch(base_url + "/rooms/R/bans", headers=admin)
+    anonymous = await http_client.fetch(base_url + "/rooms", raise_error=False)
+    lift = await http_client.fetch(
+        base_url + "/rooms/R/bans/nobody", method="DELETE", headers=admin, raise_error=False
+    )
+    assert (bans.code, anonymous.code, lift.code) == (200, 401, 404)
+    samples = await scrape(http_client, base_url)
+    admin_requests = "livekit_app_admin_requests_total"
+    assert value(samples, admin_requests, action="list_bans", status="200") == 1
+    assert value(samples, admin_requests, action="list_rooms", status="401") == 1
+    assert value(samples, admin_requests, action="lift_ban", status="404") == 1
+
+
 @pytest.mark.gen_test
 async def test_development_metrics_are_public(http_client: Any, base_url: str) -> None:
     response = await http_client.fetch(base_url + "/metrics")
