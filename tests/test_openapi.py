@@ -296,7 +296,7 @@ UPGRADE = {
 }
 
 
-def admin_call(method: str, body: Any, headers: dict[str, str], valid: bool = True) -> dict[str, Any]:
+def admin_call(method: str, body: Any, headers: dict[str, str]) -> dict[str, Any]:
     sent = dict(headers)
     if body is not None:
         sent["Content-Type"] = "application/json"
