@@ -474,11 +474,21 @@ def microphone(muted: bool = False) -> dict[str, Any]:
     return {"sid": "TR_mic", "type": "AUDIO", "source": "MICROPHONE", "muted": muted}
 
 
-def test_the_directory_follows_events_in_any_order(tmp_path: Path) -> None:
+@pytest.fixture
+def memory_event_log() -> Iterator[Any]:
     from eventlog.sqlite import SqliteEventLog
+
+    event_log = SqliteEventLog(":memory:", 10)
+    yield event_log
+    # Closed (Python 3.13 warns of an unclosed database) on a thread of its own: asyncio.run
+    # here would drop the event loop pytest-tornado left current on this thread, unclosed.
+    in_a_thread(event_log.close())
+
+
+def test_the_directory_follows_events_in_any_order(tmp_path: Path, memory_event_log: Any) -> None:
     from rooms.directory import RoomDirectory
 
-    directory = RoomDirectory(Config(), SqliteEventLog(":memory:", 10), None)
+    directory = RoomDirectory(Config(), memory_event_log, None)
     listener = Listener()
     assert json.loads(directory.subscribe(listener))["rooms"] == []
     directory.apply(event("room_started"))
@@ -525,11 +535,10 @@ def test_the_directory_follows_events_in_any_order(tmp_path: Path) -> None:
     assert not directory._reconcile_soon.is_set()
 
 
-def test_the_directory_asks_livekit_soon_when_an_event_shows_a_gap() -> None:
-    from eventlog.sqlite import SqliteEventLog
+def test_the_directory_asks_livekit_soon_when_an_event_shows_a_gap(memory_event_log: Any) -> None:
     from rooms.directory import RoomDirectory
 
-    directory = RoomDirectory(Config(), SqliteEventLog(":memory:", 10), None)
+    directory = RoomDirectory(Config(), memory_event_log, None)
     # A track of someone whose join never arrived: shown after the next reconcile, asked soon.
     directory.apply(event("track_published", participant=person("carol", "PA_c"), track=microphone()))
     assert directory._reconcile_soon.is_set()
