@@ -115,13 +115,13 @@ async def test_sockets_frames_and_reads(http_client: Any, base_url: str, app: An
     await second.read_message()
     await http_client.fetch(base_url + "/events/history")
     first.close()
-    while app.settings["event_log"].subscriber_count > 1:
+    while app.settings["broadcaster"].count > 1:
         await asyncio.sleep(0.01)
     # What server.shutdown does to the sockets that are left.
-    app.settings["event_log"].close_sockets(1001, "Server shutting down")
+    app.settings["broadcaster"].close_all(1001, "Server shutting down")
     assert await second.read_message() is None
     second.close()
-    while app.settings["event_log"].subscriber_count:
+    while app.settings["broadcaster"].count:
         await asyncio.sleep(0.01)
     samples = await scrape(http_client, base_url)
     assert value(samples, "livekit_app_event_sockets") == 0
