@@ -221,6 +221,22 @@ def check_upgrade(socket: Any, url: str, **headers: str) -> None:
     SEEN.add((documented_path(request.path), "get", "101"))
 
 
+@pytest.mark.settings(events_auth_secret="e" * 40)
+@pytest.mark.gen_test
+async def test_the_event_stream_with_a_secret(http_client: Any, base_url: str) -> None:
+    bearer = {"Authorization": "Bearer " + "e" * 40}
+    assert (await fetch(http_client, base_url, "/events/history")).code == 401
+    assert (await fetch(http_client, base_url, "/events", headers=UPGRADE)).code == 401
+    assert (await fetch(http_client, base_url, "/events/history", headers=bearer)).code == 200
+
+
+@pytest.mark.settings(app_env="production")
+@pytest.mark.gen_test
+async def test_the_event_stream_in_production_without_a_secret(http_client: Any, base_url: str) -> None:
+    assert (await fetch(http_client, base_url, "/events/history")).code == 403
+    assert (await fetch(http_client, base_url, "/events", headers=UPGRADE)).code == 403
+
+
 @pytest.mark.gen_test
 async def test_pages_files_and_this_document(http_client: Any, base_url: str) -> None:
     assert (await fetch(http_client, base_url, "/")).code == 200
