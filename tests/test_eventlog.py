@@ -8,6 +8,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,7 @@ def test_append_gives_the_cursor_and_listeners_hear_once_it_is_durable(
 
     def on_disk(entry: Entry) -> None:
         if isinstance(store, SqliteEventLog):  # another connection sees it: it is committed
-            with sqlite3.connect(store.path) as other:
+            with closing(sqlite3.connect(store.path)) as other:
                 assert other.execute(
                     "SELECT count(*) FROM events WHERE event = ?", (entry.event_json,)
                 ).fetchone()

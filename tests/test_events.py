@@ -277,6 +277,7 @@ def test_a_store_file_deleted_or_replaced_while_running_is_not_written_to(
 ) -> None:
     import os
     import sqlite3
+    from contextlib import closing
 
     server = server_process()
     page = EventSocket(events_url(server.url))
@@ -286,7 +287,7 @@ def test_a_store_file_deleted_or_replaced_while_running_is_not_written_to(
     if how == "deleted":
         os.unlink(path)
     else:
-        with sqlite3.connect(tmp_path / "other.sqlite3") as other:
+        with closing(sqlite3.connect(tmp_path / "other.sqlite3")) as other, other:
             other.execute("CREATE TABLE t (x)")
         os.replace(tmp_path / "other.sqlite3", path)
     after = webhook_event("room_started", room="after")

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,7 @@ def test_a_replay_has_no_cap(server_process: Any, tmp_path: Path) -> None:
     total = 1_000_100  # past the million the replay used to stop at, silently
     server = server_process(EVENTS_KEEP=str(2 * total), LOG_LEVEL="INFO")
     server.stop()
-    with sqlite3.connect(tmp_path / "events.sqlite3") as db:
+    with closing(sqlite3.connect(tmp_path / "events.sqlite3")) as db, db:  # closed, and committed
         db.execute(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
             "INSERT INTO events (event_id, received_at, event) SELECT 'EV_' || i, i, '{}' FROM n",
