@@ -34,9 +34,9 @@ from handlers.broadcast import Broadcaster
 from handlers.events import CLOSE_GOING_AWAY
 from handlers.metrics import Metrics, listen_metrics, metrics_routes
 from handlers.observe import request_id_transform, setup_logging
+from handlers.openapi import OPENAPI_FILE, OpenApiHandler
 from handlers.pages import StaticFileHandler
 from handlers.token_rules import BUILT_IN
-from handlers.openapi import OPENAPI_FILE, OpenApiHandler
 from rooms import Rooms, open_livekit_api
 
 log = logging.getLogger("server")
