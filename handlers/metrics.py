@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from config import Config
 from handlers.base import ApiError, Handler, NotFoundHandler, log_request
+from handlers.bodies import Application
 from handlers.observe import request_id_transform
 from handlers.rooms import AdminHandler
 from handlers.token import TokenHandler
@@ -235,12 +236,13 @@ def metrics_routes(config: Config, metrics: Metrics | None, separate_port: bool 
 
 def make_metrics_app(config: Config, metrics: Metrics) -> tornado.web.Application:
     """The app on METRICS_PORT: /metrics and nothing else."""
-    return tornado.web.Application(
+    return Application(
         metrics_routes(config, metrics, separate_port=True),
         config=config,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         transforms=[request_id_transform(config)],
+        requests_in_flight=set(),
     )
 
 

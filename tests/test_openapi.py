@@ -438,6 +438,8 @@ def test_every_route_and_method_is_documented(app: tornado.web.Application) -> N
             for method in handler.SUPPORTED_METHODS
             if getattr(handler, method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
         }
+        if not getattr(handler, "cors_methods", "not a Handler"):
+            implemented.discard("options")  # the one handler base answers it 405 without CORS
         assert set(DOCUMENT["paths"][paths[0]]) == implemented, pattern
     for example, path in documented.items():
         assert any(re.fullmatch(pattern, example) for pattern in routes), (
