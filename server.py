@@ -74,7 +74,7 @@ def make_app(
         else None
     )
     rooms = Rooms(config, event_log, livekit_api)
-    metrics = Metrics(lambda: broadcaster.count) if config.metrics_enabled else None
+    metrics = Metrics(lambda: broadcaster.count, runner) if config.metrics_enabled else None
     # Who gets a token: the built-in rules, the extensions' in order, then bans and
     # identity conflicts, on the identity the others settled on.
     authorize = (

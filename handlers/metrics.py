@@ -15,7 +15,7 @@ from typing import Any
 import tornado.httpserver
 import tornado.web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
@@ -81,7 +81,7 @@ STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 class Metrics:
     """The metrics of one application, in a registry of its own."""
 
-    def __init__(self, socket_count: Callable[[], int]) -> None:
+    def __init__(self, socket_count: Callable[[], int], event_handlers: Any = None) -> None:
         self.registry = CollectorRegistry()
         self.token_requests = Counter(
             "livekit_app_token_requests",
@@ -135,6 +135,8 @@ class Metrics:
         # here, turned into a counter only when /metrics is read.
         self.frames_sent = 0
         self.registry.register(_FramesSent(self))
+        if event_handlers is not None:  # APP_EXTENSIONS' event handlers: read when scraped
+            self.registry.register(_EventHandlers(event_handlers))
         self._children: dict[tuple[Any, ...], Any] = {}
         # The usual series exist from the start (at 0), so rates work from the first scrape.
         for labels in (("openvidu", "200"), ("standard", "201")):
@@ -194,6 +196,33 @@ class _FramesSent(Collector):
         )
         family.add_metric([], self.metrics.frames_sent)
         yield family
+
+
+class _EventHandlers(Collector):
+    """What /healthz says of the event handlers (extensions/events.py), as metrics."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+
+    def collect(self) -> Any:
+        health = self.runner.health()
+        handled = CounterMetricFamily(
+            "livekit_app_event_handler_events_handled", "Events the event handlers (APP_EXTENSIONS) handled"
+        )
+        handled.add_metric([], health.get("handled", 0))
+        skipped = CounterMetricFamily(
+            "livekit_app_event_handler_events_skipped",
+            "Events trimmed from the store (EVENTS_KEEP) before the event handlers got to them",
+        )
+        skipped.add_metric([], health.get("skipped", 0))
+        parked = GaugeMetricFamily(
+            "livekit_app_event_handler_parked",
+            "Events an event handler gave up on after EVENT_HANDLER_MAX_ATTEMPTS, by handler",
+            labels=["handler"],
+        )
+        for handler, count in health.get("parkedBy", {}).items():
+            parked.add_metric([str(handler)], count)
+        yield from (handled, skipped, parked)
 
 
 class MetricsHandler(Handler):

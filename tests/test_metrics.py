@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import tempfile
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -171,6 +174,32 @@ async def test_admin_actions_by_action_and_status(http_client: Any, base_url: st
     assert value(samples, admin_requests, action="list_bans", status="200") == 1
     assert value(samples, admin_requests, action="list_rooms", status="401") == 1
     assert value(samples, admin_requests, action="lift_ban", status="404") == 1
+
+
+SUMMARY_FILE = str(Path(tempfile.gettempdir()) / f"metrics-test-summaries-{os.getpid()}.txt")
+
+
+@pytest.mark.settings(environ={"ROOM_SUMMARY_FILE": SUMMARY_FILE})
+@pytest.mark.extensions("examples.room_finished_summary")
+@pytest.mark.gen_test(timeout=30)
+async def test_event_handlers_handled_and_parked(app: Any, http_client: Any, base_url: str) -> None:
+    from tests.conftest import running
+
+    async with running(app):
+        finished = webhook_event("room_finished")
+        assert (
+            await http_client.fetch(base_url + "/livekit/webhook", **webhook_request(finished))
+        ).code == 200
+        deadline = asyncio.get_running_loop().time() + 15
+        samples = await scrape(http_client, base_url)
+        while value(samples, "livekit_app_event_handler_events_handled_total") < 1:
+            assert asyncio.get_running_loop().time() < deadline, "the event handler never ran"
+            await asyncio.sleep(0.05)
+            samples = await scrape(http_client, base_url)
+        text = (await http_client.fetch(base_url + "/metrics")).body.decode()
+    Path(SUMMARY_FILE).unlink(missing_ok=True)
+    assert value(samples, "livekit_app_event_handler_events_skipped_total") == 0
+    assert "# TYPE livekit_app_event_handler_parked gauge" in text
 
 
 @pytest.mark.gen_test
