@@ -2,7 +2,9 @@
 leaving, against one server on loopback. Reports memory after each cycle and fails
 on any error or any event a socket did not receive.
 
-SOAK_SECONDS (default 180) and SOAK_SOCKETS (default 1000) change its size.
+SOAK_SECONDS (default 180) and SOAK_SOCKETS (default 1000) change its size. SOAK_FORWARD=1
+also runs examples.forward_events to a local receiver, and fails unless every webhook was
+forwarded exactly once by the end.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from bench.harness import Clients, Server, bench_event, post, signed_webhook
 
 SECONDS = int(os.environ.get("SOAK_SECONDS", "180"))
 SOCKETS = int(os.environ.get("SOAK_SOCKETS", "1000"))
+FORWARD = os.environ.get("SOAK_FORWARD", "") == "1"
 EVENTS_PER_CYCLE = 200
 TOKENS_PER_CYCLE = 500
 
@@ -46,8 +49,41 @@ def one_cycle(server: Server, pool: ThreadPoolExecutor) -> tuple[int, int, list[
     return webhook_errors, token_errors, received
 
 
+class Forwarded:
+    """The service events are forwarded to: counts each event id it is sent."""
+
+    def __init__(self) -> None:
+        import threading
+        from collections import Counter
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.ids: Counter[str] = Counter()
+        lock = threading.Lock()
+        ids = self.ids
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with lock:
+                    ids[self.headers.get("X-Event-Id", "")] += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+
+
 def main() -> None:
-    server = Server("ours", {"EVENTS_REPLAY": "0", "LOG_LEVEL": "INFO"})
+    forwarded = Forwarded() if FORWARD else None
+    extension = (
+        {"APP_EXTENSIONS": "examples.forward_events", "FORWARD_URL": forwarded.url} if forwarded else {}
+    )
+    server = Server("ours", {"EVENTS_REPLAY": "0", "LOG_LEVEL": "INFO", **extension})
     server.start()
     memory: list[int] = []
     failures: list[str] = []
@@ -69,6 +105,15 @@ def main() -> None:
                 )
                 if missed or webhook_errors or token_errors or len(received) != SOCKETS:
                     failures.append(f"cycle {cycle}: missed {missed}, errors {webhook_errors}+{token_errors}")
+        if forwarded is not None:
+            expected = cycle * EVENTS_PER_CYCLE
+            deadline = time.monotonic() + 60
+            while len(forwarded.ids) < expected and time.monotonic() < deadline:
+                time.sleep(0.2)
+            twice = sum(1 for count in forwarded.ids.values() if count > 1)
+            print(f"forwarded {len(forwarded.ids)} of {expected} events, {twice} more than once")
+            if len(forwarded.ids) != expected or twice:
+                failures.append(f"forwarded {len(forwarded.ids)} of {expected}, {twice} twice")
     finally:
         server.stop()
     log = (server.workdir / "server.log").read_text()
