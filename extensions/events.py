@@ -30,6 +30,7 @@ from config import Config
 from eventlog import Entry, EventLog
 from extensions.app import AppContext
 from extensions.feed import Delivery, Feed
+from handlers.logsafe import printable, quoted
 
 log = logging.getLogger("extensions.events")
 
@@ -241,12 +242,14 @@ class EventHandlerRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                reason = f"{type(error).__name__}: {error}"
+                # One log line whatever the handler's message holds (event data, a client's names).
+                reason = printable(f"{type(error).__name__}: {error}")
+                event_id = quoted(delivery.event_id)
                 if attempt >= self.max_attempts:
                     log.error(
                         "event handler %s gave up on %s after %d attempts, parked (%s)",
                         handler.name,
-                        delivery.event_id,
+                        event_id,
                         attempt,
                         reason,
                         exc_info=error,
@@ -257,7 +260,7 @@ class EventHandlerRunner:
                 log.warning(
                     "event handler %s failed on %s (attempt %d of %d, next in %.1f s): %s",
                     handler.name,
-                    delivery.event_id,
+                    event_id,
                     attempt,
                     self.max_attempts,
                     wait,
