@@ -46,7 +46,10 @@ class Extensions:
         rules: list[tornado.routing.Rule] = []
         served = [re.compile(pattern if pattern.endswith("$") else pattern + "$") for pattern in taken]
         for source, factory in self.routes_factories:
-            listed = factory(app)
+            try:
+                listed = factory(app)
+            except Exception as error:  # the module's own code failed: one line, where
+                raise ExtensionError(f"{source}.routes(app) failed: {_where(error)}") from None
             if not isinstance(listed, (list, tuple)):
                 raise ExtensionError(
                     f"{source}.routes(app) must return a list of routes, not {type(listed).__name__}"

@@ -70,6 +70,13 @@ def test_a_route_the_server_serves_already_is_refused(config: Config) -> None:
         make_app(config, open_event_log(config), None, load_extensions([SAMPLES + "taken_route"]))
 
 
+def test_a_routes_function_that_fails_is_one_clear_error(config: Config) -> None:
+    with pytest.raises(ExtensionError) as error:
+        make_app(config, open_event_log(config), None, load_extensions([SAMPLES + "failing_routes"]))
+    assert str(error.value).startswith(f"{SAMPLES}failing_routes.routes(app) failed: TypeError: ")
+    assert "failing_routes.py:9)" in str(error.value)
+
+
 def test_what_a_module_defines_is_found_in_order() -> None:
     loaded = load_extensions([SAMPLES + "first", SAMPLES + "recorder", SAMPLES + "second"])
     assert [step.source for step in loaded.authorize] == [SAMPLES + "first", SAMPLES + "second"]
