@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import time
 from collections.abc import AsyncIterator
@@ -65,16 +66,24 @@ def test_a_module_that_cannot_be_used_is_one_clear_error(names: list[str], messa
         assert "broken_import.py:5)" in str(error.value)  # where, as file:line
 
 
+# make_app stops midway, as at a start-up that exits: what it opened (the event log, the
+# bans table) is left to the collector, which Python 3.13 reports as unclosed.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_a_route_the_server_serves_already_is_refused(config: Config) -> None:
     with pytest.raises(ExtensionError, match=r"'/token\$' is already served"):
         make_app(config, open_event_log(config), None, load_extensions([SAMPLES + "taken_route"]))
+    gc.collect()  # here, under this test's filter, not in whichever test comes next
 
 
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # as above
 def test_a_routes_function_that_fails_is_one_clear_error(config: Config) -> None:
     with pytest.raises(ExtensionError) as error:
         make_app(config, open_event_log(config), None, load_extensions([SAMPLES + "failing_routes"]))
-    assert str(error.value).startswith(f"{SAMPLES}failing_routes.routes(app) failed: TypeError: ")
-    assert "failing_routes.py:9)" in str(error.value)
+    message = str(error.value)
+    del error
+    gc.collect()
+    assert message.startswith(f"{SAMPLES}failing_routes.routes(app) failed: TypeError: ")
+    assert "failing_routes.py:9)" in message
 
 
 def test_what_a_module_defines_is_found_in_order() -> None:
