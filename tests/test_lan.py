@@ -35,14 +35,7 @@ LAN_HOST = "127.0.0.2"
 FIXED_PORTS = (5443, 6443, 7443)
 DEMO = f"https://{LAN_HOST}:6443/"
 CLIENT = f"https://{LAN_HOST}:5443/"
-
-
-def shared_clients() -> Path | None:
-    """`../shared/clients` of the clone (in CI), or of a folder above it (a worktree)."""
-    for folder in PROJECT_DIR.parents:
-        if (folder / "shared" / "clients" / "openvidu-js").is_dir():
-            return folder / "shared" / "clients"
-    return None
+LAN_CLIENT = Path(__file__).parent / "lan_client"
 
 
 class LanRun:
@@ -181,24 +174,14 @@ def port_free(port: int, host: str = LAN_HOST) -> bool:
     return True
 
 
-def serve_openvidu_client(site: Path, port: int) -> subprocess.Popen[bytes]:
-    """OpenVidu's plain-JS client, unmodified but for its CDN livekit-client script, which
-    becomes the npm package's UMD build (nothing here reaches a CDN)."""
-    clients = shared_clients()
-    assert clients is not None
-    shutil.copytree(clients / "openvidu-js", site)
-    for copied in [site, *site.rglob("*")]:
-        copied.chmod(0o755 if copied.is_dir() else 0o644)  # the shared copy is read-only
-    index = (site / "index.html").read_text()
-    swapped, count = re.subn(
-        r'<script src="[^"]*/livekit-client\.umd\.js"></script>',
-        '<script src="livekit-client.umd.js"></script>',
-        index,
-    )
-    assert count == 1
-    (site / "index.html").write_text(swapped)
-    shutil.copy(PROJECT_DIR / "node_modules/livekit-client/dist/livekit-client.umd.js", site)
-    assert 'APPLICATION_SERVER_URL = "";' in (site / "app.js").read_text()  # left empty
+def serve_client(site: Path, port: int) -> subprocess.Popen[bytes]:
+    """tests/lan_client (a client with the contract of OpenVidu's tutorial clients) and,
+    beside it, the npm-installed livekit-client build it loads (nothing here reaches a CDN)."""
+    livekit_client = PROJECT_DIR / "node_modules/livekit-client/dist/livekit-client.umd.js"
+    require("livekit-client", livekit_client.is_file(), "run `make setup-dev` (npm ci)")
+    site.mkdir()
+    for source in [*LAN_CLIENT.iterdir(), livekit_client]:
+        (site / source.name).symlink_to(source)
     process = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
         stdout=subprocess.DEVNULL,
@@ -217,7 +200,6 @@ def serve_openvidu_client(site: Path, port: int) -> subprocess.Popen[bytes]:
 def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LanRun]:
     require("caddy", shutil.which("caddy") is not None, "install Debian's caddy (`make system-packages`)")
     require("livekit-server", find_binary() is not None, HOW_TO_GET)
-    require("OpenVidu's openvidu-js client", shared_clients() is not None, "expected in ../shared/clients")
     for port in FIXED_PORTS:
         require(
             f"port {port} on {LAN_HOST}",
@@ -227,7 +209,7 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LanRun]:
         )
     workdir = tmp_path_factory.mktemp("lan")
     client_port = free_port()
-    client = serve_openvidu_client(workdir / "openvidu-js", client_port)
+    client = serve_client(workdir / "client", client_port)
     run = LanRun(workdir, workdir / "ca", client_port)
     try:
         assert not run.root_certificate.exists()
@@ -364,7 +346,7 @@ def test_b_the_invite_link_and_its_qr_code_open_the_same_room_prefilled(
         page.context.close()
 
 
-def test_c_openvidu_client_with_empty_urls_gets_its_token_from_6443_and_joins_through_7443(
+def test_c_a_client_with_openvidus_contract_and_empty_urls_gets_its_token_from_6443_and_joins_through_7443(
     lan: LanRun, lan_browser: Any
 ) -> None:
     room = f"lan-openvidu-{int(time.time())}"
@@ -432,6 +414,55 @@ def test_c2_port_7443_forwards_livekit_paths_only(lan: LanRun) -> None:
     assert isinstance(json.loads(body).get("rooms", []), list)
     assert lan.fetch(f"https://{LAN_HOST}:7443/rtc/validate")[0] == 401  # LiveKit's own answer
     assert lan.fetch(f"https://{LAN_HOST}:7443/")[:3:2] == (404, b"Not a LiveKit path")
+
+
+def test_c3_the_client_shows_the_servers_error_message(lan: LanRun, lan_browser: Any) -> None:
+    page = new_page(lan_browser)
+    answers: list[int] = []
+    page.on("response", lambda r: r.url.endswith("/token") and answers.append(r.status))
+    page.goto(CLIENT)
+    page.fill("#room-name", "lan\u200broom")  # an invisible character: the server refuses it
+    page.click("#join-button")
+    page.wait_for_selector("#error:not([hidden])", timeout=WAIT_MS)
+    assert answers == [400]
+    assert page.inner_text("#error") == (
+        "roomName must not contain control characters or invisible format characters (U+200B)"
+    )
+    assert page.is_hidden("#room")
+    page.context.close()
+
+
+def test_c4_on_localhost_the_client_uses_the_development_ports(lan: LanRun, lan_browser: Any) -> None:
+    """Served as http://localhost:<port>, the client asks http://localhost:6080/token: the
+    request is seen and refused here (nothing of this test listens on 6080 or 7880)."""
+    context = lan_browser.new_context()
+    asked: list[tuple[str, str, str, Any]] = []
+
+    def refuse(route: Any) -> None:
+        request = route.request
+        asked.append((request.method, request.url, request.headers["content-type"], request.post_data_json))
+        route.abort()
+
+    context.route(lambda url: not url.startswith(f"http://localhost:{lan.client_port}/"), refuse)
+    page = context.new_page()
+    page.goto(f"http://localhost:{lan.client_port}/")
+    assert page.evaluate("[APPLICATION_SERVER_URL, LIVEKIT_URL]") == [
+        "http://localhost:6080/",
+        "ws://localhost:7880/",
+    ]
+    page.fill("#room-name", "local room")
+    page.fill("#participant-name", "lea")
+    page.click("#join-button")
+    page.wait_for_selector("#error:not([hidden])", timeout=WAIT_MS)
+    assert asked == [
+        (
+            "POST",
+            "http://localhost:6080/token",
+            "application/json",
+            {"roomName": "local room", "participantName": "lea"},
+        )
+    ]
+    context.close()
 
 
 def _bytes(payload: str | bytes) -> bytes:
