@@ -43,7 +43,7 @@ log = logging.getLogger("server")
 
 # Anything larger is cut at the connection; endpoints set their own, smaller limits.
 MAX_BODY_BYTES = 2 * 1024 * 1024
-# The README promises an exit within 5 s of SIGTERM: requests in flight get this long to be
+# docs/operating.md promises an exit within 5 s of SIGTERM: requests in flight get this long to be
 # answered, idle connections and the store a little more.
 SHUTDOWN_SECONDS = 3.5
 CONNECTIONS_CLOSE_SECONDS = 0.5

@@ -177,8 +177,8 @@ def download_page(lan: LanSettings) -> str:
 <h1>Trust this development server</h1>
 <ol>
   <li><a href="/lan-ca.crt">Download its certificate authority (lan-ca.crt)</a>
-      and install it as a trusted CA (the project's README, "Test from your phone", says how on
-      Android, iOS, macOS, Windows and Linux).</li>
+      and install it as a trusted CA (the project's docs/operating.md, "Trusting the certificate
+      authority", says how on Android, iOS, macOS, Windows and Linux).</li>
   <li>Then open the demo page: <a href="{demo}">{demo}</a></li>
 </ol>
 <p>Only install it on your own devices: whoever holds its key (kept on the computer that runs

@@ -117,7 +117,7 @@ class SqliteEventLog(EventLog):
                 log.error(
                     "EVENTS_DB %s was deleted or replaced while the server ran: webhooks now get 503 "
                     "(nothing is acknowledged into a file no one will read). Restart the server; "
-                    "see the README, 'When the event store fails'",
+                    "see docs/operating.md, 'When the event store fails'",
                     self.path,
                 )
             raise FileReplaced(f"{self.path} was deleted or replaced")

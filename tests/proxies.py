@@ -22,18 +22,21 @@ CADDY = shutil.which("caddy") or "/usr/bin/caddy"
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 
-def readme_block(language: str, containing: str) -> str:
-    """The one fenced block of that language in README.md that contains `containing`."""
-    blocks = re.findall(rf"```{language}\n(.*?)```", (PROJECT_DIR / "README.md").read_text(), re.DOTALL)
+OPERATING_PAGE = PROJECT_DIR / "docs" / "operating.md"
+
+
+def operating_block(language: str, containing: str) -> str:
+    """The one fenced block of that language in docs/operating.md that contains `containing`."""
+    blocks = re.findall(rf"```{language}\n(.*?)```", OPERATING_PAGE.read_text(), re.DOTALL)
     found = [block for block in blocks if containing in block]
-    assert len(found) == 1, f"one ```{language} block with {containing!r} in README.md, not {len(found)}"
+    assert len(found) == 1, f"one ```{language} block with {containing!r} in operating.md, not {len(found)}"
     return str(found[0])
 
 
 def fill_in(text: str, replacements: dict[str, str]) -> str:
-    """Replace each placeholder, which must be there: the README and the test cannot drift apart."""
+    """Replace each placeholder, which must be there: the docs and the test cannot drift apart."""
     for old, new in replacements.items():
-        assert old in text, f"{old!r} is no longer in the README's example:\n{text}"
+        assert old in text, f"{old!r} is no longer in the docs' example:\n{text}"
         text = text.replace(old, new)
     return text
 

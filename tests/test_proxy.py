@@ -1,4 +1,4 @@
-"""Behind the reverse proxies the README shows, run as written (its blocks, with free ports and a
+"""Behind the reverse proxies docs/operating.md shows, run as written (its blocks, with free ports and a
 test certificate filled in): Debian's nginx and Caddy in front, Chromium on the other side.
 The page's event panel connects and shows webhooks; the server sees the client's address and
 scheme; a DNS-rebound page is refused, through a proxy or not."""
@@ -33,7 +33,7 @@ from tests.proxies import (
     Proxy,
     fill_in,
     make_certificate,
-    readme_block,
+    operating_block,
 )
 
 pytestmark = pytest.mark.browser
@@ -103,16 +103,16 @@ nginx = proxy_fixture(Nginx, NGINX, "install Debian's nginx (`make system-packag
 caddy = proxy_fixture(Caddy, CADDY, "install Debian's caddy (`make system-packages` as root)")
 
 
-def readme_environment(command_line: str) -> dict[str, str]:
-    """The VAR=value words of a README shell line (after `export`, or before the command)."""
+def docs_environment(command_line: str) -> dict[str, str]:
+    """The VAR=value words of a shell line of the docs (after `export`, or before the command)."""
     words = shlex.split(command_line)
     words = words[1:] if words[0] == "export" else words
     return dict(word.split("=", 1) for word in words if "=" in word and not word.startswith("-"))
 
 
-def readme_server_environment(proxy_port: int) -> dict[str, str]:
+def docs_server_environment(proxy_port: int) -> dict[str, str]:
     """The HTTPS section's server settings, its public origin on the proxy's test port."""
-    environment = readme_environment(readme_block("sh", "PUBLIC_ORIGINS=").strip())
+    environment = docs_environment(operating_block("sh", "PUBLIC_ORIGINS=").strip())
     origin = f"https://{SITE}"
     environment["PUBLIC_ORIGINS"] = fill_in(environment["PUBLIC_ORIGINS"], {origin: f"{origin}:{proxy_port}"})
     return environment
@@ -175,20 +175,20 @@ def shows_event(page: Any, event: dict[str, Any]) -> bool:
     )
 
 
-def test_the_readme_load_balancer_example_works_as_written(
+def test_the_docs_load_balancer_example_works_as_written(
     redis_server: Any, server_process: Any, nginx: Any, page: Any
 ) -> None:
-    """Two instances sharing events through Redis, nginx in front: the README's blocks."""
-    shell = readme_block("sh", "SERVER_PORT=6081").strip().splitlines()
-    environment = readme_environment(shell[0])
-    assert readme_environment(shell[1]) == {"SERVER_PORT": "6081"}
-    assert readme_environment(shell[2]) == {"SERVER_PORT": "6082"}
+    """Two instances sharing events through Redis, nginx in front: docs/operating.md's blocks."""
+    shell = operating_block("sh", "SERVER_PORT=6081").strip().splitlines()
+    environment = docs_environment(shell[0])
+    assert docs_environment(shell[1]) == {"SERVER_PORT": "6081"}
+    assert docs_environment(shell[2]) == {"SERVER_PORT": "6082"}
     redis = redis_server()
     environment["EVENTS_REDIS_URL"] = fill_in(
         environment["EVENTS_REDIS_URL"], {"redis://127.0.0.1:6379/0": redis.url}
     )
     first, second = server_process(**environment), server_process(**environment)
-    block = readme_block("nginx", "upstream app_servers")
+    block = operating_block("nginx", "upstream app_servers")
     proxy = nginx(
         lambda port: fill_in(
             block,
@@ -216,13 +216,13 @@ def test_the_readme_load_balancer_example_works_as_written(
 
 
 @pytest.mark.parametrize("trusted", [True, False])
-def test_the_readme_https_example_with_nginx(
+def test_the_docs_https_example_with_nginx(
     server_process: Any, nginx: Any, page: Any, certificate: Certificate, trusted: bool
 ) -> None:
     """TLS ends at nginx: the page at its name and at its address, wss to itself, and the
     client addresses and scheme from nginx's headers only when TRUST_PROXY_HEADERS is on."""
     app_port = free_port()  # the proxy first: the server's PUBLIC_ORIGINS has the proxy's port
-    block = readme_block("nginx", "ssl_certificate")
+    block = operating_block("nginx", "ssl_certificate")
     proxy = nginx(
         lambda port: fill_in(
             block,
@@ -234,7 +234,7 @@ def test_the_readme_https_example_with_nginx(
             },
         )
     )
-    environment = readme_server_environment(proxy.port)
+    environment = docs_server_environment(proxy.port)
     environment["TRUST_PROXY_HEADERS"] = str(trusted).lower()
     server = server_process(**environment, SERVER_PORT=str(app_port), TOKEN_RATE_LIMIT="2")
     check_behind_tls_proxy(server, proxy, page, certificate, trusted, any_host=True)
@@ -275,12 +275,10 @@ def check_behind_tls_proxy(
     assert other == (200 if trusted else 429)
 
 
-def test_the_readme_caddy_example(
-    server_process: Any, caddy: Any, page: Any, certificate: Certificate
-) -> None:
-    """Caddy as the README shows it, with the test's certificate instead of a public one."""
+def test_the_docs_caddy_example(server_process: Any, caddy: Any, page: Any, certificate: Certificate) -> None:
+    """Caddy as docs/operating.md shows it, with the test's certificate instead of a public one."""
     app_port = free_port()
-    block = readme_block("caddyfile", "reverse_proxy")
+    block = operating_block("caddyfile", "reverse_proxy")
 
     def render(port: int, header_line: bool = True) -> str:
         text = fill_in(
@@ -293,11 +291,11 @@ def test_the_readme_caddy_example(
         return text if header_line else fill_in(text, {"header_up X-Real-IP {remote_host}": ""})
 
     proxy = caddy(render)
-    environment = readme_server_environment(proxy.port)
+    environment = docs_server_environment(proxy.port)
     server = server_process(**environment, SERVER_PORT=str(app_port), TOKEN_RATE_LIMIT="2")
     check_behind_tls_proxy(server, proxy, page, certificate, trusted=True, any_host=False)
 
-    # Why the README's header_up line: without it, Caddy passes a client's X-Real-IP on.
+    # Why the docs' header_up line: without it, Caddy passes a client's X-Real-IP on.
     bare = caddy(lambda port: render(port, header_line=False))
     context = ssl.create_default_context(cafile=str(certificate.ca))
     picked = [

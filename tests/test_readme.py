@@ -1,4 +1,5 @@
-"""Every curl example in the README gives what it says, run as written against a real server."""
+"""Every curl example in the README and the docs gives what it says, run as written against a
+real server."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ import pytest
 from config import PROJECT_DIR
 
 BLOCK = re.compile(r"```sh\n(.*?)```", re.DOTALL)
-MAKE_IT_YOURS = re.compile(r"^## Make it yours\n(.*?)^## ", re.DOTALL | re.MULTILINE)
+EXTENDING_PAGE = PROJECT_DIR / "docs" / "extending.md"
+EXAMPLES = re.compile(r"^## The examples\n(.*?)^## ", re.DOTALL | re.MULTILINE)
+# The README, then the docs pages but the extending one: its walkthroughs start servers of
+# their own (see below).
+CURL_PAGES = [PROJECT_DIR / "README.md"] + [
+    page for page in sorted((PROJECT_DIR / "docs").glob("*.md")) if page != EXTENDING_PAGE
+]
 
 
 # Its examples need a LiveKit server with people in a room: tests/test_rooms_e2e.py runs them.
@@ -21,19 +28,18 @@ ADMIN_SECTION = "\n## Rooms and moderation\n"
 
 
 def curl_examples(admin: bool = False) -> list[tuple[str, str]]:
-    # "Make it yours" starts servers of its own (see below).
-    readme = MAKE_IT_YOURS.sub("## ", (PROJECT_DIR / "README.md").read_text())
-    before, _, section = readme.partition(ADMIN_SECTION)
-    section, _, after = section.partition("\n## ")
     examples = []
-    for block in BLOCK.findall(section if admin else before + after):
-        if "curl" not in block:
-            continue
-        lines = block.strip().splitlines()
-        expected = [line[2:] for line in lines if line.startswith("# ")]
-        command = "\n".join(line for line in lines if not line.startswith("#"))
-        assert len(expected) == 1, f"one expected answer per example:\n{block}"
-        examples.append((command, expected[0]))
+    for page in CURL_PAGES:
+        before, _, section = page.read_text().partition(ADMIN_SECTION)
+        section, _, after = section.partition("\n## ")
+        for block in BLOCK.findall(section if admin else before + after):
+            if "curl" not in block:
+                continue
+            lines = block.strip().splitlines()
+            expected = [line[2:] for line in lines if line.startswith("# ")]
+            command = "\n".join(line for line in lines if not line.startswith("#"))
+            assert len(expected) == 1, f"one expected answer per example:\n{block}"
+            examples.append((command, expected[0]))
     return examples
 
 
@@ -45,7 +51,7 @@ def test_the_readme_has_curl_examples_for_every_endpoint() -> None:
 
 def as_run_here(command: str, port: int) -> str:
     """The example against the test server, with the Python running the tests (a
-    `make test PYTHON=...` run has its own venv instead of the README's `.venv`)."""
+    `make test PYTHON=...` run has its own venv instead of the examples' `.venv`)."""
     return command.replace("localhost:6080", f"127.0.0.1:{port}").replace(".venv/bin/python", sys.executable)
 
 
@@ -72,9 +78,9 @@ def test_curl_example(server_process: Any, command: str, expected: str) -> None:
 
 
 def walkthroughs() -> dict[str, str]:
-    """The "Make it yours" subsections, by the example file each walks through."""
-    section = MAKE_IT_YOURS.search((PROJECT_DIR / "README.md").read_text())
-    assert section, "README has a Make it yours section"
+    """The subsections of the extending page's examples, by the example file each walks through."""
+    section = EXAMPLES.search(EXTENDING_PAGE.read_text())
+    assert section, "docs/extending.md has a The examples section"
     found = {}
     for part in section.group(1).split("\n### ")[1:]:
         example = re.search(r"`(examples/\w+\.py)`", part.splitlines()[0])
@@ -94,7 +100,7 @@ def test_make_it_yours_shows_the_examples_own_code(example: str) -> None:
     excerpts = re.findall(r"```python\n(.*?)```", walkthroughs()[example], re.DOTALL)
     assert excerpts
     for excerpt in excerpts:
-        assert excerpt in code, f"README's excerpt is not {example}'s code:\n{excerpt}"
+        assert excerpt in code, f"docs/extending.md's excerpt is not {example}'s code:\n{excerpt}"
 
 
 @pytest.mark.parametrize("example", sorted(walkthroughs()))
