@@ -287,6 +287,7 @@ class Config:
     admin_secret: str = setting("", text)  # empty: the admin API is off, but for the demo page in development
     identity_conflict: str = setting("replace", choice(*IDENTITY_CONFLICTS))
     rooms_reconcile_seconds: int = setting(30, integer(1, 86_400))
+    livekit_timeout: float = setting(5.0, _seconds)  # every call to LiveKit's API, slot wait included
     # Extensions: the adopter's modules, event handler retries.
     app_extensions: tuple[str, ...] = setting((), _modules)
     event_handler_max_attempts: int = setting(5, integer(1, 100))

@@ -37,7 +37,7 @@ from handlers.observe import request_id_transform, setup_logging
 from handlers.openapi import OPENAPI_FILE, OpenApiHandler
 from handlers.pages import StaticFileHandler
 from handlers.token_rules import BUILT_IN
-from rooms import Rooms, open_livekit_api
+from rooms import Rooms, open_rooms_livekit_api
 
 log = logging.getLogger("server")
 
@@ -61,13 +61,14 @@ def make_app(
     extensions: Extensions,
 ) -> tornado.web.Application:
     """The application, from what it depends on: the settings, the event log (not started),
-    the shared LiveKit API client (main() opens it; without one the admin API answers 503
-    and extensions get one made on first use), and what APP_EXTENSIONS' modules define."""
+    the server's own LiveKit API client (main() opens it; without one the admin API answers
+    503; extensions get a client of their own), and what APP_EXTENSIONS' modules define."""
     # PyJWT warns on every signature with a short key; main() warns once instead.
     warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
     broadcaster = Broadcaster()  # the one owner of the event sockets; the store tells it what is new
     event_log.add_listener(broadcaster)
-    app_context = AppContext(config, event_log, SharedLiveKitAPI(config, livekit_api))
+    # Extensions get a client of their own (its own pool): their calls and ours never wait for each other.
+    app_context = AppContext(config, event_log, SharedLiveKitAPI(config))
     runner = (
         EventHandlerRunner(list(extensions.event_handlers), open_feed(config, event_log), app_context)
         if extensions.event_handlers
@@ -174,7 +175,7 @@ async def start_app(app: tornado.web.Application) -> None:
 
 async def main(config: Config, extensions: Extensions | None = None) -> None:
     sockets = listen(config)
-    livekit_api = open_livekit_api(config)
+    livekit_api = open_rooms_livekit_api(config)
     try:
         app = make_app(config, open_event_log(config), livekit_api, extensions or Extensions())
         event_log: EventLog = app.settings["event_log"]

@@ -13,9 +13,9 @@ from rooms.livekit import open_livekit_api
 
 
 class SharedLiveKitAPI:
-    """The one livekit-api client of the process (one HTTP connection pool): the one main()
-    opened at start-up, or else one made on first use inside the event loop (aiohttp needs
-    a running loop); closed at shutdown."""
+    """The extensions' livekit-api client (one HTTP connection pool of its own, every
+    request within LIVEKIT_TIMEOUT): made at start-up inside the event loop (aiohttp
+    needs a running loop), or on first use; closed at shutdown."""
 
     def __init__(self, config: Config, client: LiveKitAPI | None = None) -> None:
         self._config = config

@@ -70,6 +70,14 @@ class HealthHandler(Handler):
         }
         if self.settings.get("event_handlers"):  # parked events are counted, not a failure
             health["eventHandlers"] = self.settings["event_handlers"].health()
+        rooms = self.settings.get("rooms")
+        if rooms is not None:
+            # LiveKit unreachable is reported, not a failure of this server (tokens still work);
+            # a background task that is down makes it "degraded" (still 200: see the docs).
+            directory = rooms.directory.health()
+            health["rooms"] = directory
+            if directory["down"] and store["ok"]:
+                health["status"] = "degraded"
         self.write_json(health, status=status)
 
     head = get  # load balancers check with HEAD

@@ -86,7 +86,7 @@ class AdminHandler(Handler):
         return client
 
     async def ask(self, call: Any, not_found: str = "") -> Any:
-        return await room_service(call, self.config.livekit_http_url, not_found)
+        return await room_service(self.rooms.calls, call, not_found)
 
     async def participant(self, room: str, identity: str) -> ParticipantInfo:
         request = RoomParticipantIdentity(room=room, identity=identity)

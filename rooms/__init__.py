@@ -10,9 +10,9 @@ from eventlog import EventLog
 from rooms.admission import Admission
 from rooms.bans import BanStore, open_ban_store
 from rooms.directory import RoomDirectory
-from rooms.livekit import open_livekit_api
+from rooms.livekit import LiveKitCalls, open_livekit_api, open_rooms_livekit_api
 
-__all__ = ["Rooms", "open_livekit_api"]
+__all__ = ["Rooms", "open_livekit_api", "open_rooms_livekit_api"]
 
 
 class Rooms:
@@ -21,9 +21,10 @@ class Rooms:
 
     def __init__(self, config: Config, event_log: EventLog, livekit_api: LiveKitAPI | None) -> None:
         self.livekit_api = livekit_api
+        self.calls = LiveKitCalls(config)
         self.bans: BanStore = open_ban_store(config)
-        self.admission = Admission(config, self.bans, livekit_api)
-        self.directory = RoomDirectory(config, event_log, livekit_api)
+        self.admission = Admission(config, self.bans, livekit_api, self.calls)
+        self.directory = RoomDirectory(config, event_log, livekit_api, self.calls)
 
     async def start(self) -> None:
         await self.directory.start()

@@ -14,17 +14,24 @@ from config import Config
 from extensions.authorize import Grant, TokenRequest
 from handlers.base import ApiError
 from rooms.bans import BanStore, BansUnavailable
-from rooms.livekit import LiveKitUnavailable, ask_livekit
+from rooms.livekit import LiveKitCalls, LiveKitUnavailable
 
 # alice, alice-2 ... alice-100: beyond that the room has bigger problems.
 MAX_SUFFIX = 100
 
 
 class Admission:
-    def __init__(self, config: Config, bans: BanStore, livekit_api: LiveKitAPI | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        bans: BanStore,
+        livekit_api: LiveKitAPI | None,
+        calls: LiveKitCalls | None = None,
+    ) -> None:
         self.config = config
         self.bans = bans
         self.livekit_api = livekit_api
+        self.calls = calls or LiveKitCalls(config)
 
     async def admit(self, room: str, identity: str, name: str) -> tuple[str, str]:
         """The identity and display name to put in the token, or ApiError: 403 for a
@@ -67,9 +74,8 @@ class Admission:
         if self.livekit_api is None:
             raise ApiError(503, f"{what}, and this server has no LiveKit API client")
         try:
-            answer = await ask_livekit(
-                self.livekit_api.room.list_participants(ListParticipantsRequest(room=room)),
-                self.config.livekit_http_url,
+            answer = await self.calls.ask(
+                self.livekit_api.room.list_participants(ListParticipantsRequest(room=room)), "admission"
             )
         except (LiveKitUnavailable, ServerError) as error:
             raise ApiError(503, f"{what}: {error}") from None
