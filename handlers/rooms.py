@@ -36,6 +36,7 @@ from rooms import Rooms
 from rooms.access import admin_api_off, admin_caller, is_own_page_request, secret_matches
 from rooms.bans import MAX_BAN_SECONDS, BansUnavailable
 from rooms.livekit import room_service
+from rooms.names import nfc
 from rooms.shapes import JsonObject, participant_json, room_json, track_json
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class AdminHandler(Handler):
             media_type = self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
             if media_type != "application/json":
                 raise ApiError(415, "Content-Type must be application/json")
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        return nfc(super().decode_argument(value, name))  # rooms and identities, as /token spells them
 
     def body(self) -> dict[str, Any]:
         return self.json_object() if self.request.body else {}

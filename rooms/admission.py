@@ -15,6 +15,7 @@ from extensions.authorize import Grant, TokenRequest
 from handlers.base import ApiError
 from rooms.bans import BanStore, BansUnavailable
 from rooms.livekit import LiveKitCalls, LiveKitUnavailable
+from rooms.names import canonical
 
 # alice, alice-2 ... alice-100: beyond that the room has bigger problems.
 MAX_SUFFIX = 100
@@ -40,8 +41,8 @@ class Admission:
         await self._refuse_if_banned(room, identity)
         if self.config.identity_conflict == "replace":
             return identity, name  # LiveKit's own behaviour: the newcomer replaces the one in the room
-        present = await self._identities_in(room)
-        if identity not in present:
+        present = await self._identities_in(room)  # canonical keys: look-alikes are the same
+        if canonical(identity) not in present:
             return identity, name
         if self.config.identity_conflict == "reject":
             raise ApiError(
@@ -50,7 +51,7 @@ class Admission:
             )
         for number in range(2, MAX_SUFFIX + 1):
             candidate = f"{identity}-{number}"
-            if candidate not in present:
+            if canonical(candidate) not in present:
                 await self._refuse_if_banned(room, candidate)
                 return candidate, name or identity  # the display name stays what they typed
         raise ApiError(409, f"{identity!r} and {MAX_SUFFIX - 1} suffixed names are in room {room!r} already")
@@ -80,7 +81,7 @@ class Admission:
         except (LiveKitUnavailable, ServerError) as error:
             raise ApiError(503, f"{what}: {error}") from None
         return {
-            participant.identity
+            canonical(participant.identity)
             for participant in answer.participants
             if participant.state != ParticipantInfo.State.DISCONNECTED
         }

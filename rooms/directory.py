@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,6 +75,8 @@ class RoomDirectory:
         self.supervisor = Supervisor()
         self._started = False
         self._cursor: str | None = None
+        # Told of each participant seen joining or listed by a reconcile (ban enforcement).
+        self.on_participant: Callable[[str, str, str], None] | None = None
         self._reader_runs = 0
         self._reconcile_soon = asyncio.Event()
         # Events applied while a reconcile was asking LiveKit: applied again on its answer.
@@ -234,6 +237,8 @@ class RoomDirectory:
         if name not in self.rooms and not replaying:
             self.request_reconcile(f"a participant joined room {name!r}, whose start was not seen")
         self._room(name, event["room"]).participants[participant.identity] = participant_json(participant)
+        if self.on_participant is not None and not replaying:
+            self.on_participant(name, participant.identity, participant.sid)
         return True
 
     def _participant_left(self, name: str, participant_data: Any) -> bool:
@@ -315,6 +320,10 @@ class RoomDirectory:
             if room is None or before.get(name) != room.json():
                 self._room_changed(name)
         self._set_status(True, "")
+        if self.on_participant is not None:
+            for name, room in self.rooms.items():
+                for identity, participant in room.participants.items():
+                    self.on_participant(name, identity, participant["sid"])
         return True
 
     async def _list_everything(self, client: LiveKitAPI) -> dict[str, DirectoryRoom]:
