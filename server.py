@@ -300,7 +300,7 @@ async def shutdown(
 
 async def stop_app(app: tornado.web.Application) -> None:
     """After the requests: the event handlers, the room directory, the store, the ban
-    store, the LiveKit API client."""
+    store, the LiveKit API clients (the server's own and the extensions')."""
     runner: EventHandlerRunner | None = app.settings["event_handlers"]
     if runner is not None:
         await runner.stop(SHUTDOWN_SECONDS)
@@ -310,6 +310,8 @@ async def stop_app(app: tornado.web.Application) -> None:
     await rooms.close()
     app_context: AppContext = app.settings["app_context"]
     await app_context.shared_api.aclose()
+    if app.settings["livekit_api"] is not None:
+        await app.settings["livekit_api"].aclose()
 
 
 if __name__ == "__main__":
