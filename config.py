@@ -293,6 +293,7 @@ class Config:
     event_handler_max_attempts: int = setting(5, integer(1, 100))
     event_handler_retry_seconds: float = setting(1.0, _seconds)
     event_handler_claim_seconds: int = setting(60, integer(1))
+    event_handler_stuck_seconds: float = setting(60.0, _seconds)  # a log line when one waits longer
     # Observability: /metrics, its readers, the log format.
     metrics_enabled: bool = setting(True, _flag)
     metrics_auth_secret: str = setting("", text)
