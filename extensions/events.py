@@ -34,6 +34,7 @@ from extensions.feed import Delivery, Feed
 from handlers.logsafe import printable, quoted
 
 log = logging.getLogger("extensions.events")
+COUNT_SECONDS = 2.0  # how often the parked counts are read from the store again
 
 
 def _now_ms() -> int:
@@ -223,8 +224,15 @@ class EventHandlerRunner:
                 )
 
     async def _watch_forever(self) -> None:
+        counted_at = 0.0
         while not self._stopping.is_set():
             self._watch_stuck()
+            if time.monotonic() - counted_at >= COUNT_SECONDS:
+                counted_at = time.monotonic()
+                try:  # the store is the truth: the CLI or another instance may have changed it
+                    await self.feed.count_parked()
+                except Exception as error:
+                    log.debug("event handlers: parked events not counted now: %s", error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), min(1.0, self.stuck_seconds / 4))
 
