@@ -23,9 +23,15 @@ CONNECT = """async ([url, token]) => {
   const { Room, RoomEvent } = await import("/vendor/livekit-client/livekit-client.esm.mjs");
   const room = new Room();
   window.disconnectReason = null;
+  window.connectError = null;
   room.on(RoomEvent.Disconnected, reason => { window.disconnectReason = reason ?? "unknown"; });
-  await room.connect(url, token);
   window.heldRoom = room;
+  try {
+    await room.connect(url, token);
+  } catch (error) {  // removed before its media connection was up: out all the same
+    window.connectError = String(error);
+    window.disconnectReason = window.disconnectReason ?? "connect failed";
+  }
 }"""
 
 
@@ -66,6 +72,7 @@ def test_a_banned_identity_back_with_its_old_token_is_removed_again(browser: Any
     page = open_page(browser, app.url + "/")
     try:
         page.evaluate(CONNECT, [livekit.url, old_token])
+        assert page.evaluate("window.connectError") is None
         eventually(lambda: in_room(app, room, "bob"))
         status, removed, _ = admin(
             app.url, "POST", path_of("rooms", room, "participants", "bob", "remove"), {"ban_seconds": 600}
@@ -74,24 +81,29 @@ def test_a_banned_identity_back_with_its_old_token_is_removed_again(browser: Any
         eventually(lambda: page.evaluate("window.disconnectReason") is not None)
         eventually(lambda: not in_room(app, room, "bob"))
         cursor = app.history()[-1]["cursor"]
+
         # bob comes back with the token he holds: LiveKit lets him in, this server puts him out.
-        page.evaluate(CONNECT, [livekit.url, old_token])
-        eventually(lambda: page.evaluate("window.disconnectReason") is not None)
+        def joined() -> list[dict[str, Any]]:
+            return [f for f in app.history(cursor) if f["event"]["event"] == "participant_joined"]
+
+        for _ in range(3):  # a media connection that fails here by itself is no rejoin: again
+            page.evaluate(CONNECT, [livekit.url, old_token])
+            eventually(lambda: page.evaluate("window.disconnectReason") is not None)
+            if joined():
+                break
         assert not in_room(app, room, "bob")
-        events = [frame["event"] for frame in app.history(cursor)]
-        joined = next(e for e in events if e["event"] == "participant_joined")
         enforced = eventually(
             lambda: [e for e in app.history(cursor) if e["event"]["event"] == "admin.participant_removed"]
         )
-        assert len(enforced) == 1
-        removal = enforced[0]["event"]
-        assert removal["participant"]["identity"] == "bob" and removal["room"]["name"] == room
-        assert removal["admin"]["by"] == "ban" and removal["admin"]["ban"]["identity"] == "bob"
-        joined_at = next(
-            f["receivedAt"] for f in app.history(cursor) if f["event"]["event"] == "participant_joined"
-        )
-        print(f"webhook participant_joined -> removal recorded: {enforced[0]['receivedAt'] - joined_at} ms")
-        assert joined["participant"]["identity"] == "bob"
+        # One a rejoin (livekit-client may try again by itself, and is removed again).
+        for frame in enforced:
+            removal = frame["event"]
+            assert removal["participant"]["identity"] == "bob" and removal["room"]["name"] == room
+            assert removal["admin"]["by"] == "ban" and removal["admin"]["ban"]["identity"] == "bob"
+        came_back = joined()[0]
+        assert came_back["event"]["participant"]["identity"] == "bob"
+        took = enforced[0]["receivedAt"] - came_back["receivedAt"]
+        print(f"webhook participant_joined -> removal recorded: {took} ms")
         assert "removed banned 'bob'" in app.log_text()
     finally:
         page.context.close()
