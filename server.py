@@ -19,24 +19,24 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from livekit.api import LiveKitAPI
 from tornado.netutil import bind_sockets
 
-from config import PROJECT_DIR, Config, ConfigError
-from connections import Listener, default_max_connections, open_file_limit
 from eventlog import EventLog, open_event_log
 from extensions import Extensions, load_extensions
 from extensions.app import AppContext, SharedLiveKitAPI
 from extensions.authorize import Step
 from extensions.events import EventHandlerRunner, WakeOnAppend, open_feed
+from ground.config import PROJECT_DIR, Config, ConfigError
+from ground.connections import Listener, default_max_connections, open_file_limit
 from handlers import events, pages, token, webhook
 from handlers import rooms as rooms_handlers
-from handlers.base import NotFoundHandler, log_request
-from handlers.bodies import Application
-from handlers.broadcast import Broadcaster
 from handlers.events import CLOSE_GOING_AWAY
-from handlers.metrics import Metrics, listen_metrics, metrics_routes
-from handlers.observe import request_id_transform, setup_logging
 from handlers.openapi import OPENAPI_FILE, OpenApiHandler
 from handlers.pages import StaticFileHandler
-from handlers.token_rules import BUILT_IN
+from handlers.support.base import NotFoundHandler, log_request
+from handlers.support.bodies import Application
+from handlers.support.broadcast import Broadcaster
+from handlers.support.metrics import Metrics, listen_metrics, metrics_routes
+from handlers.support.observe import request_id_transform, setup_logging
+from handlers.support.token_rules import BUILT_IN
 from rooms import Rooms, open_livekit_api
 
 log = logging.getLogger("server")
@@ -194,7 +194,7 @@ async def main(config: Config, extensions: Extensions | None = None) -> None:
         ) from None
     # xheaders: X-Real-Ip / X-Forwarded-For become the client address, only behind a trusted proxy.
     # idle_connection_timeout also bounds the time to send a request's headers (slow senders);
-    # handlers/bodies.py bounds the bodies.
+    # handlers/support/bodies.py bounds the bodies.
     server = tornado.httpserver.HTTPServer(
         app,
         max_body_size=MAX_BODY_BYTES,

@@ -246,8 +246,8 @@ def metrics_work_microseconds(load: str) -> float:
 
     import tornado.httputil
 
-    from config import Config
-    from handlers.observe import timed_store
+    from ground.config import Config
+    from handlers.support.observe import timed_store
     from handlers.token import TokenHandler
     from handlers.webhook import WebhookHandler
     from server import make_app

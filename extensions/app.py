@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from livekit.api import LiveKitAPI
 
-from config import Config
 from eventlog import EventLog
+from ground.config import Config
 from rooms.livekit import open_livekit_api
 
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import tornado.routing
 
-from config import ConfigError
 from extensions.app import AppContext
 from extensions.authorize import Step
 from extensions.events import HandlerSpec
 from extensions.routes import RouteError, RoutesFactory, checked_rule
+from ground.config import ConfigError
 
 Setup = Callable[[AppContext], "Awaitable[None] | None"]
 

@@ -1,4 +1,4 @@
-"""Extension routes: plain Tornado rules. Under each handler class goes handlers/base.py's
+"""Extension routes: plain Tornado rules. Under each handler class goes handlers/support/base.py's
 Tracked (a graceful shutdown waits for it, errors are JSON, its body is bounded),
 whatever base class the adopter chose."""
 
@@ -11,7 +11,7 @@ import tornado.routing
 import tornado.web
 import tornado.websocket
 
-from handlers.base import Tracked
+from handlers.support.base import Tracked
 
 if TYPE_CHECKING:
     from extensions.app import AppContext

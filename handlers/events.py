@@ -15,10 +15,10 @@ import tornado.httputil
 import tornado.websocket
 from tornado.iostream import StreamClosedError
 
-from config import Config
 from eventlog import Entry, EventLog, StoreUnavailable
-from handlers.base import ApiError, Handler, Route
-from handlers.broadcast import (
+from ground.config import Config
+from handlers.support.base import ApiError, Handler, Route
+from handlers.support.broadcast import (
     Broadcaster,
     Frame,
     frame_data,
@@ -27,8 +27,8 @@ from handlers.broadcast import (
     page_notice,
     unknown_cursor_notice,
 )
-from handlers.observe import frame_sent, socket_closed, timed_store
-from handlers.origins import UNKNOWN_HOST, EveryOriginChecked, known_host, same_origin
+from handlers.support.observe import frame_sent, socket_closed, timed_store
+from handlers.support.origins import UNKNOWN_HOST, EveryOriginChecked, known_host, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ class EventHistoryHandler(Handler):
         check_events_credential(self.config, self.request)
 
     async def get(self) -> None:
-        if not known_host(self.request, self.config):  # DNS rebinding: see handlers/origins.py
+        if not known_host(self.request, self.config):  # DNS rebinding: see handlers/support/origins.py
             raise ApiError(403, UNKNOWN_HOST)
         since = self.get_query_argument("since", None) or None
         raw_limit = self.get_query_argument("limit", "100")

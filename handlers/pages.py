@@ -8,11 +8,11 @@ from urllib.parse import urlsplit
 import tornado.web
 from jinja2 import Environment
 
-from config import PROJECT_DIR
 from eventlog import EventLog
-from handlers.base import Handler, Route
-from handlers.broadcast import Broadcaster
-from rooms.access import page_admin_mode
+from ground.config import PROJECT_DIR
+from handlers.support.admin_access import page_admin_mode
+from handlers.support.base import Handler, Route
+from handlers.support.broadcast import Broadcaster
 
 
 def content_security_policy(livekit_url: str) -> str:

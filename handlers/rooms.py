@@ -30,10 +30,10 @@ from livekit.protocol.room import (
 from tornado.iostream import StreamClosedError
 
 from eventlog import EventLog, StoreUnavailable
-from handlers.base import ApiError, Handler, Route
-from handlers.origins import EveryOriginChecked, same_origin
+from handlers.support.admin_access import admin_api_off, admin_caller, is_own_page_request, secret_matches
+from handlers.support.base import ApiError, Handler, Route
+from handlers.support.origins import EveryOriginChecked, same_origin
 from rooms import Rooms
-from rooms.access import admin_api_off, admin_caller, is_own_page_request, secret_matches
 from rooms.bans import MAX_BAN_SECONDS, BansUnavailable
 from rooms.livekit import room_service
 from rooms.shapes import JsonObject, participant_json, room_json, track_json

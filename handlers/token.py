@@ -17,12 +17,12 @@ import orjson
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from livekit.protocol.room import RoomConfiguration
 
-from config import Config
 from extensions.authorize import AuthorizeError, Cookies, Grant, Refuse, Step, TokenRequest, run_chain
-from handlers.base import ApiError, Handler, Route
-from handlers.logsafe import quoted
-from handlers.ratelimit import RateLimiter
-from handlers.token_rules import check_grant, identifier, text
+from ground.config import Config
+from ground.logsafe import quoted
+from handlers.support.base import ApiError, Handler, Route
+from handlers.support.ratelimit import RateLimiter
+from handlers.support.token_rules import check_grant, identifier, text
 
 log = logging.getLogger(__name__)
 

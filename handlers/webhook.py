@@ -14,10 +14,10 @@ import jwt
 import orjson
 from livekit.api import TokenVerifier
 
-from config import Config
 from eventlog import EventLog, StoreUnavailable
-from handlers.base import ApiError, Handler, Route
-from handlers.observe import timed_store
+from ground.config import Config
+from handlers.support.base import ApiError, Handler, Route
+from handlers.support.observe import timed_store
 
 # LiveKit signs each webhook with a 5-minute token; this much clock skew is tolerated.
 WEBHOOK_LEEWAY = timedelta(seconds=60)

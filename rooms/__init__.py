@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from livekit.api import LiveKitAPI
 
-from config import Config
 from eventlog import EventLog
+from ground.config import Config
 from rooms.admission import Admission
 from rooms.bans import BanStore, open_ban_store
 from rooms.directory import RoomDirectory

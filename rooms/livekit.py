@@ -10,8 +10,8 @@ import aiohttp
 from livekit.api import LiveKitAPI
 from livekit.api.twirp_client import ServerError
 
-from config import Config
-from handlers.base import ApiError
+from ground.config import Config
+from handlers.support.base import ApiError
 
 T = TypeVar("T")
 

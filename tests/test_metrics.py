@@ -16,8 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.websocket import websocket_connect
 
-from config import Config, ConfigError
 from dev.livekit_server import free_port
+from ground.config import Config, ConfigError
 from tests.conftest import webhook_event, webhook_request
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

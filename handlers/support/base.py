@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 import orjson
 import tornado.web
 
-from config import Config
-from handlers.logsafe import printable, quoted
-from handlers.observe import observe_request, request_fields
+from ground.config import Config
+from ground.logsafe import printable, quoted
+from handlers.support.observe import observe_request, request_fields
 
 access_log = logging.getLogger("tornado.access")
 
@@ -66,7 +66,7 @@ class Tracked(tornado.web.RequestHandler):
       for it (server.shutdown);
     - errors answered as `{"errorMessage": ...}` JSON (an ApiError's own message), never
       a traceback, and a client error logged as one access line, not a traceback;
-    - a request body of at most `max_body_bytes`, cut as it arrives (handlers/bodies.py).
+    - a request body of at most `max_body_bytes`, cut as it arrives (handlers/support/bodies.py).
     """
 
     max_body_bytes: ClassVar[int] = 64 * 1024

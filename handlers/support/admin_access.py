@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 from tornado.httputil import HTTPServerRequest
 
-from config import Config
-from handlers.base import ApiError
-from handlers.origins import same_origin
+from ground.config import Config
+from handlers.support.base import ApiError
+from handlers.support.origins import same_origin
 
 # Sent by the demo page with every admin call. A page on another origin cannot send a
 # custom header without a CORS preflight, which the admin API never grants.
@@ -70,7 +70,7 @@ def is_own_page_request(request: HTTPServerRequest, config: Config, websocket: b
 
     - the Host is a loopback name or address, and so is the client: not another
       machine, and not a DNS-rebound name (Host and Origin both an attacker's);
-    - the Origin is this server's own (handlers/origins.py; browsers always send it on
+    - the Origin is this server's own (handlers/support/origins.py; browsers always send it on
       WebSockets and on requests other than GET); a GET without Origin needs
       `Sec-Fetch-Site: same-origin`, which pages cannot set;
     - HTTP requests carry the custom header PAGE_HEADER, which forms cannot send and

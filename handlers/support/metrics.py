@@ -1,6 +1,6 @@
 """GET /metrics in the Prometheus text format, and what it counts.
 
-Counted at a few central points (the hooks in handlers/observe.py), so the handlers
+Counted at a few central points (the hooks in handlers/support/observe.py), so the handlers
 stay unaware of it: every answered request passes `Metrics.observe` (from the access
 log), which reads the handler's class, status and `log_fields`; the event sockets
 report frames and closes; the store's calls are timed where the handlers await them.
@@ -19,11 +19,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
-from config import Config
-from handlers.base import ApiError, Handler, NotFoundHandler, log_request
-from handlers.bodies import Application
-from handlers.observe import request_id_transform
+from ground.config import Config
 from handlers.rooms import AdminHandler
+from handlers.support.base import ApiError, Handler, NotFoundHandler, log_request
+from handlers.support.bodies import Application
+from handlers.support.observe import request_id_transform
 from handlers.token import TokenHandler
 from handlers.webhook import WebhookHandler
 

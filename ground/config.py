@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
-from handlers.origins import parse_origin
+from handlers.support.origins import parse_origin
 
 DEV_API_KEY = "devkey"
 DEV_API_SECRET = "secret"
-PROJECT_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(ValueError):

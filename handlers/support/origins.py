@@ -22,9 +22,9 @@ import tornado.web
 if TYPE_CHECKING:
     from tornado.httputil import HTTPServerRequest
 
-    from config import Config
+    from ground.config import Config
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("handlers.origins")  # the name it has always logged under
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # (scheme, host, port) of a page; the host lowercased, IPv6 without brackets.

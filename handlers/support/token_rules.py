@@ -13,9 +13,9 @@ from datetime import timedelta
 
 from livekit.protocol.room import RoomConfiguration
 
-from config import CLIENT_SETTABLE, DISPATCH_FIELDS, MAX_TOKEN_TTL
 from extensions.authorize import AuthorizeError, Grant, Refuse, Step, TokenRequest
-from handlers.base import ApiError
+from ground.config import CLIENT_SETTABLE, DISPATCH_FIELDS, MAX_TOKEN_TTL
+from handlers.support.base import ApiError
 
 
 def built_in_authorize(request: TokenRequest, grant: Grant) -> Grant:
