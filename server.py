@@ -31,13 +31,14 @@ from handlers import rooms as rooms_handlers
 from handlers.events import CLOSE_GOING_AWAY
 from handlers.openapi import OPENAPI_FILE, OpenApiHandler
 from handlers.pages import StaticFileHandler
-from handlers.support.base import NotFoundHandler, log_request
+from handlers.support.base import NotFoundHandler, log_request, tracked_rule
 from handlers.support.bodies import Application
 from handlers.support.broadcast import Broadcaster
 from handlers.support.metrics import Metrics, listen_metrics, metrics_routes
 from handlers.support.observe import request_id_transform, setup_logging
 from handlers.support.token_rules import BUILT_IN
-from rooms import Rooms, open_livekit_api
+from rooms import Rooms
+from rooms.livekit import open_livekit_api
 
 log = logging.getLogger("server")
 
@@ -67,7 +68,9 @@ def make_app(
     warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
     broadcaster = Broadcaster()  # the one owner of the event sockets; the store tells it what is new
     event_log.add_listener(broadcaster)
-    app_context = AppContext(config, event_log, SharedLiveKitAPI(config, livekit_api))
+    app_context = AppContext(
+        config, event_log, SharedLiveKitAPI(lambda: open_livekit_api(config), livekit_api)
+    )
     runner = (
         EventHandlerRunner(list(extensions.event_handlers), open_feed(config, event_log), app_context)
         if extensions.event_handlers
@@ -92,7 +95,7 @@ def make_app(
         *metrics_routes(config, metrics),
         (r"/openapi\.json", OpenApiHandler, {"document": OPENAPI_FILE.read_bytes()}),
     ]
-    routes += extensions.routes(app_context, [str(route[0]) for route in routes])
+    routes += map(tracked_rule, extensions.routes(app_context, [str(route[0]) for route in routes]))
     jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
     return Application(
         routes,

@@ -43,7 +43,7 @@ from extensions.authorize import Authorize, Grant, Refuse, TokenRequest
 from extensions.events import EventContext, EventHandler
 from extensions.loader import ExtensionError, Extensions, load_extensions
 from extensions.routes import Route, RoutesFactory
-from handlers.support.base import ApiError
+from ground.errors import ApiError
 
 __all__ = [
     "ApiError",

@@ -41,7 +41,7 @@ class Extensions:
     setups: tuple[tuple[str, Setup], ...] = ()
 
     def routes(self, app: AppContext, taken: list[str]) -> list[tornado.routing.Rule]:
-        """Every module's routes, checked, their handlers tracked for graceful shutdown.
+        """Every module's routes, checked (server.py tracks their handlers for graceful shutdown).
         `taken`: the patterns served already; a route they would shadow is an error."""
         rules: list[tornado.routing.Rule] = []
         served = [re.compile(pattern if pattern.endswith("$") else pattern + "$") for pattern in taken]

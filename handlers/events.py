@@ -17,7 +17,8 @@ from tornado.iostream import StreamClosedError
 
 from eventlog import Entry, EventLog, StoreUnavailable
 from ground.config import Config
-from handlers.support.base import ApiError, Handler, Route
+from ground.errors import ApiError
+from handlers.support.base import Handler, Route
 from handlers.support.broadcast import (
     Broadcaster,
     Frame,

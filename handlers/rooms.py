@@ -30,12 +30,13 @@ from livekit.protocol.room import (
 from tornado.iostream import StreamClosedError
 
 from eventlog import EventLog, StoreUnavailable
+from ground.errors import ApiError
 from handlers.support.admin_access import admin_api_off, admin_caller, is_own_page_request, secret_matches
-from handlers.support.base import ApiError, Handler, Route
+from handlers.support.base import Handler, Route
+from handlers.support.livekit_answers import room_service
 from handlers.support.origins import EveryOriginChecked, same_origin
 from rooms import Rooms
 from rooms.bans import MAX_BAN_SECONDS, BansUnavailable
-from rooms.livekit import room_service
 from rooms.shapes import JsonObject, participant_json, room_json, track_json
 
 log = logging.getLogger(__name__)

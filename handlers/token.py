@@ -19,8 +19,9 @@ from livekit.protocol.room import RoomConfiguration
 
 from extensions.authorize import AuthorizeError, Cookies, Grant, Refuse, Step, TokenRequest, run_chain
 from ground.config import Config
+from ground.errors import ApiError
 from ground.logsafe import quoted
-from handlers.support.base import ApiError, Handler, Route
+from handlers.support.base import Handler, Route
 from handlers.support.ratelimit import RateLimiter
 from handlers.support.token_rules import check_grant, identifier, text
 

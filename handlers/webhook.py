@@ -16,7 +16,8 @@ from livekit.api import TokenVerifier
 
 from eventlog import EventLog, StoreUnavailable
 from ground.config import Config
-from handlers.support.base import ApiError, Handler, Route
+from ground.errors import ApiError
+from handlers.support.base import Handler, Route
 from handlers.support.observe import timed_store
 
 # LiveKit signs each webhook with a 5-minute token; this much clock skew is tolerated.

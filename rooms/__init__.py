@@ -10,9 +10,8 @@ from ground.config import Config
 from rooms.admission import Admission
 from rooms.bans import BanStore, open_ban_store
 from rooms.directory import RoomDirectory
-from rooms.livekit import open_livekit_api
 
-__all__ = ["Rooms", "open_livekit_api"]
+__all__ = ["Rooms"]
 
 
 class Rooms:

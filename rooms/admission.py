@@ -12,7 +12,7 @@ from livekit.protocol.room import ListParticipantsRequest
 
 from extensions.authorize import Grant, TokenRequest
 from ground.config import Config
-from handlers.support.base import ApiError
+from ground.errors import ApiError
 from rooms.bans import BanStore, BansUnavailable
 from rooms.livekit import LiveKitUnavailable, ask_livekit
 

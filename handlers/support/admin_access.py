@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from tornado.httputil import HTTPServerRequest
 
 from ground.config import Config
-from handlers.support.base import ApiError
+from ground.errors import ApiError
 from handlers.support.origins import same_origin
 
 # Sent by the demo page with every admin call. A page on another origin cannot send a

@@ -8,9 +8,12 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 import orjson
+import tornado.routing
 import tornado.web
+import tornado.websocket
 
 from ground.config import Config
+from ground.errors import ApiError
 from ground.logsafe import printable, quoted
 from handlers.support.observe import observe_request, request_fields
 
@@ -47,15 +50,6 @@ Route = (
     tuple[str, type[tornado.web.RequestHandler]]
     | tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]
 )
-
-
-class ApiError(tornado.web.HTTPError):
-    """An error whose message is meant for the client, sent as `{"errorMessage": ...}`."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(status, reason=HTTPStatus(status).phrase)
-        self.message = message
-        self.headers = headers or {}
 
 
 class Tracked(tornado.web.RequestHandler):
@@ -235,3 +229,24 @@ class NotFoundHandler(Handler):
 
 def is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()  # int() also takes other scripts' digits
+
+
+def tracked_rule(rule: tornado.routing.Rule) -> tornado.routing.Rule:
+    """An extension's rule (extensions/routes.py), its handler class tracked."""
+    if isinstance(rule.target, type) and issubclass(rule.target, tornado.web.RequestHandler):
+        rule.target = tracked(rule.target)
+    return rule
+
+
+def tracked(handler_class: type[tornado.web.RequestHandler]) -> type[tornado.web.RequestHandler]:
+    """The adopter's class first (their methods win), the server's tracking underneath.
+    WebSocket handlers are left as they are: shutdown closes their connections."""
+    if issubclass(handler_class, (Tracked, tornado.websocket.WebSocketHandler)):
+        return handler_class
+    if handler_class is tornado.web.RequestHandler:
+        return Tracked
+    return type(
+        handler_class.__name__,
+        (handler_class, Tracked),
+        {"__module__": handler_class.__module__, "__qualname__": handler_class.__qualname__},
+    )

@@ -20,7 +20,8 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.ioloop import IOLoop
 
-from handlers.support.base import ApiError, Tracked, is_number
+from ground.errors import ApiError
+from handlers.support.base import Tracked, is_number
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.registry import Collector
 
 from ground.config import Config
+from ground.errors import ApiError
 from handlers.rooms import AdminHandler
-from handlers.support.base import ApiError, Handler, NotFoundHandler, log_request
+from handlers.support.base import Handler, NotFoundHandler, log_request
 from handlers.support.bodies import Application
 from handlers.support.observe import request_id_transform
 from handlers.token import TokenHandler

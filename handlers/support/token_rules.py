@@ -15,7 +15,7 @@ from livekit.protocol.room import RoomConfiguration
 
 from extensions.authorize import AuthorizeError, Grant, Refuse, Step, TokenRequest
 from ground.config import CLIENT_SETTABLE, DISPATCH_FIELDS, MAX_TOKEN_TTL
-from handlers.support.base import ApiError
+from ground.errors import ApiError
 
 
 def built_in_authorize(request: TokenRequest, grant: Grant) -> Grant:
