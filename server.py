@@ -29,13 +29,14 @@ from ground.connections import Listener, default_max_connections, open_file_limi
 from handlers import events, pages, token, webhook
 from handlers import rooms as rooms_handlers
 from handlers.events import CLOSE_GOING_AWAY
+from handlers.metrics import listen_metrics, metrics_routes
 from handlers.openapi import OPENAPI_FILE, OpenApiHandler
 from handlers.pages import StaticFileHandler
-from handlers.support.base import NotFoundHandler, log_request, tracked_rule
-from handlers.support.bodies import Application
+from handlers.support.application import make_application
+from handlers.support.base import tracked_rule
 from handlers.support.broadcast import Broadcaster
-from handlers.support.metrics import Metrics, listen_metrics, metrics_routes
-from handlers.support.observe import request_id_transform, setup_logging
+from handlers.support.metrics import Metrics
+from handlers.support.observe import setup_logging
 from handlers.support.token_rules import BUILT_IN
 from rooms import Rooms
 from rooms.livekit import open_livekit_api
@@ -97,9 +98,9 @@ def make_app(
     ]
     routes += map(tracked_rule, extensions.routes(app_context, [str(route[0]) for route in routes]))
     jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
-    return Application(
+    return make_application(
+        config,
         routes,
-        config=config,
         event_log=event_log,
         broadcaster=broadcaster,
         livekit_api=livekit_api,
@@ -110,11 +111,7 @@ def make_app(
         jinja=jinja,
         static_path=str(PROJECT_DIR / "static"),
         static_handler_class=StaticFileHandler,
-        default_handler_class=NotFoundHandler,
-        log_function=log_request,
-        transforms=[request_id_transform(config)],
         metrics=metrics,
-        requests_in_flight=set(),
         websocket_ping_interval=20,
         websocket_ping_timeout=20,
         websocket_max_message_size=4096,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -17,6 +16,7 @@ from tornado.iostream import StreamClosedError
 
 from eventlog import Entry, EventLog, StoreUnavailable
 from ground.config import Config
+from ground.credentials import bearer_credential, secret_matches
 from ground.errors import ApiError
 from handlers.support.base import Handler, Route
 from handlers.support.broadcast import (
@@ -60,12 +60,11 @@ def check_events_credential(config: Config, request: tornado.httputil.HTTPServer
         if config.app_env == "production":
             raise ApiError(403, "The event stream is off: in production it needs EVENTS_AUTH_SECRET")
         return
-    offered = request.headers.get("Authorization", "")
-    given = offered[7:].strip() if offered[:7].lower() == "bearer " else ""
+    given = bearer_credential(request.headers.get("Authorization", ""))
     if not given:
         protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
         given = next((p[len(BEARER_PROTOCOL) :] for p in protocols if p.startswith(BEARER_PROTOCOL)), "")
-    if not given or not hmac.compare_digest(given.encode(), secret.encode()):
+    if not secret_matches(given, secret):
         raise ApiError(
             401,
             "The event stream needs Authorization: Bearer <EVENTS_AUTH_SECRET> "

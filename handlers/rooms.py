@@ -30,8 +30,9 @@ from livekit.protocol.room import (
 from tornado.iostream import StreamClosedError
 
 from eventlog import EventLog, StoreUnavailable
+from ground.credentials import bearer_credential, secret_matches
 from ground.errors import ApiError
-from handlers.support.admin_access import admin_api_off, admin_caller, is_own_page_request, secret_matches
+from handlers.support.admin_access import admin_api_off, admin_caller, is_own_page_request
 from handlers.support.base import Handler, Route
 from handlers.support.livekit_answers import room_service
 from handlers.support.origins import EveryOriginChecked, same_origin
@@ -60,6 +61,7 @@ SOURCE_VALUES: dict[str, Any] = {source: TrackSource.Value(source.upper()) for s
 class AdminHandler(Handler):
     """Base of the admin endpoints: access first, then an optional JSON body."""
 
+    metrics_label = "admin"  # what /metrics counts it as (handlers/support/metrics.py)
     max_body_bytes = 64 * 1024
 
     def prepare(self) -> None:
@@ -366,10 +368,10 @@ class RoomsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler)
             given = orjson.loads(message).get("authorization", "")
         except (orjson.JSONDecodeError, AttributeError):
             given = ""
-        scheme, _, secret = given.partition(" ") if isinstance(given, str) else ("", "", "")
-        if scheme.lower() != "bearer" or not secret:
+        secret = bearer_credential(given) if isinstance(given, str) else ""
+        if not secret:
             self.close(CLOSE_NO_CREDENTIAL, 'Send {"authorization": "Bearer <ADMIN_SECRET>"} first')
-        elif not secret_matches(self.settings["config"], secret.strip()):
+        elif not secret_matches(secret, self.settings["config"].admin_secret):
             self.close(CLOSE_NOT_ALLOWED, "Wrong admin secret")
         else:
             self._subscribe()

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class TokenHandler(Handler):
+    metrics_label = "token"  # what /metrics counts it as (handlers/support/metrics.py)
     max_body_bytes = 64 * 1024
     cors_methods = "POST, OPTIONS"
 

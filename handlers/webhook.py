@@ -62,6 +62,7 @@ class WebhookVerifier:
 
 
 class WebhookHandler(Handler):
+    metrics_label = "webhook"  # what /metrics counts it as (handlers/support/metrics.py)
     max_body_bytes = 1024 * 1024
     streamed_body = True  # refused from its declared length; a chunked one cut at the limit
     content_types = ("application/webhook+json", "application/json")

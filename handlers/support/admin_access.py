@@ -8,13 +8,13 @@ for a developer, and nothing for another origin, another machine or a script.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
 from tornado.httputil import HTTPServerRequest
 
 from ground.config import Config
+from ground.credentials import bearer_credential, secret_matches
 from ground.errors import ApiError
 from handlers.support.origins import same_origin
 
@@ -26,14 +26,14 @@ PAGE_HEADER = "X-Requested-With"
 def admin_caller(config: Config, request: HTTPServerRequest) -> str:
     """Who is calling (for the admin events' `by`), or ApiError 401/403/404."""
     if config.admin_secret:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
+        given = bearer_credential(request.headers.get("Authorization", ""))
+        if not given:
             raise ApiError(
                 401,
                 "The admin API needs Authorization: Bearer <ADMIN_SECRET>",
                 {"WWW-Authenticate": "Bearer"},
             )
-        if not secret_matches(config, given.strip()):
+        if not secret_matches(given, config.admin_secret):
             raise ApiError(403, "Wrong admin secret")
         return "admin"
     if config.app_env == "development" and is_own_page_request(request, config):
@@ -49,10 +49,6 @@ def page_admin_mode(config: Config, request: HTTPServerRequest) -> str:
         return "key"
     on_localhost = _is_loopback_host(request.host) and _is_loopback_address(request.remote_ip)
     return "page" if config.app_env == "development" and on_localhost else "off"
-
-
-def secret_matches(config: Config, given: str) -> bool:
-    return hmac.compare_digest(given.encode(), config.admin_secret.encode())
 
 
 def admin_api_off(config: Config) -> str:

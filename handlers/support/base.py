@@ -116,6 +116,8 @@ class Handler(Tracked):
     """
 
     max_body_bytes: ClassVar[int] = 0
+    # What /metrics counts this endpoint's answers as ("token", "webhook", "admin"), if anything.
+    metrics_label: ClassVar[str] = ""
     content_types: ClassVar[tuple[str, ...]] = ("application/json",)
     streamed_body: ClassVar[bool] = False
     cors_methods: ClassVar[str] = ""

@@ -1,32 +1,22 @@
-"""GET /metrics in the Prometheus text format, and what it counts.
+"""What GET /metrics (handlers/metrics.py) counts: a leaf that handlers report into and
+that imports none of them.
 
 Counted at a few central points (the hooks in handlers/support/observe.py), so the handlers
 stay unaware of it: every answered request passes `Metrics.observe` (from the access
-log), which reads the handler's class, status and `log_fields`; the event sockets
-report frames and closes; the store's calls are timed where the handlers await them.
+log), which reads the handler's `metrics_label` (a class attribute: token, webhook,
+admin), status and `log_fields`; the event sockets report frames and closes; the
+store's calls are timed where the handlers await them.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from typing import Any
 
-import tornado.httpserver
 import tornado.web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
-
-from ground.config import Config
-from ground.errors import ApiError
-from handlers.rooms import AdminHandler
-from handlers.support.base import Handler, NotFoundHandler, log_request
-from handlers.support.bodies import Application
-from handlers.support.observe import request_id_transform
-from handlers.token import TokenHandler
-from handlers.webhook import WebhookHandler
 
 # No `_created` series beside each counter: the text format has no place for them but as
 # extra gauges, which double what a scrape reads. (A process-wide switch of the client.)
@@ -162,10 +152,11 @@ class Metrics:
         fields: dict[str, Any] = getattr(handler, "log_fields", {})
         if status == 429:
             self.child(self.rate_limited, type(handler).__name__).inc()
-        if isinstance(handler, TokenHandler):
+        label = getattr(handler, "metrics_label", "")
+        if label == "token":
             if handler.request.method == "POST":
                 self.child(self.token_requests, fields.get("shape", "unknown"), str(status)).inc()
-        elif isinstance(handler, WebhookHandler):
+        elif label == "webhook":
             if status == 200:
                 result = fields.get("result", "stored")
                 self.child(self.webhooks, result, "").inc()
@@ -174,7 +165,7 @@ class Metrics:
                     self.child(self.events, event if event in EVENT_TYPES else "other").inc()
             else:
                 self.child(self.webhooks, "refused", WEBHOOK_REFUSALS.get(status, str(status))).inc()
-        elif isinstance(handler, AdminHandler):
+        elif label == "admin":
             action = ADMIN_ACTIONS.get((type(handler).__name__, handler.request.method or ""), "other")
             self.child(self.admin_requests, action, str(status)).inc()
 
@@ -224,63 +215,3 @@ class _EventHandlers(Collector):
         for handler, count in health.get("parkedBy", {}).items():
             parked.add_metric([str(handler)], count)
         yield from (handled, skipped, parked)
-
-
-class MetricsHandler(Handler):
-    """GET /metrics. Who may read it: anyone, on METRICS_PORT or outside production;
-    with METRICS_AUTH_SECRET set, only `Authorization: Bearer <secret>`; in production
-    on the main port without that secret, nobody."""
-
-    def initialize(self, metrics: Metrics, anonymous: bool) -> None:
-        self.metrics = metrics
-        self.anonymous = anonymous
-
-    def get(self) -> None:
-        secret = self.config.metrics_auth_secret
-        if secret:
-            given = self.request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {secret}".encode()):
-                raise ApiError(
-                    401,
-                    "/metrics needs Authorization: Bearer <METRICS_AUTH_SECRET>",
-                    {"WWW-Authenticate": 'Bearer realm="metrics"'},
-                )
-        elif not self.anonymous:
-            raise ApiError(
-                403,
-                "/metrics is not public in production: set METRICS_AUTH_SECRET, or METRICS_PORT "
-                "to serve it on a port of its own",
-            )
-        self.set_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
-        self.finish(generate_latest(self.metrics.registry))
-
-
-def metrics_routes(config: Config, metrics: Metrics | None, separate_port: bool = False) -> list[Any]:
-    """The /metrics route of the main app (none when METRICS_PORT serves it) or of the
-    metrics port's app."""
-    if metrics is None or bool(config.metrics_port) != separate_port:
-        return []
-    anonymous = separate_port or config.app_env != "production"
-    return [(r"/metrics", MetricsHandler, {"metrics": metrics, "anonymous": anonymous})]
-
-
-def make_metrics_app(config: Config, metrics: Metrics) -> tornado.web.Application:
-    """The app on METRICS_PORT: /metrics and nothing else."""
-    return Application(
-        metrics_routes(config, metrics, separate_port=True),
-        config=config,
-        default_handler_class=NotFoundHandler,
-        log_function=log_request,
-        transforms=[request_id_transform(config)],
-        requests_in_flight=set(),
-    )
-
-
-def listen_metrics(config: Config, metrics: Metrics | None) -> tornado.httpserver.HTTPServer | None:
-    """Serves /metrics on METRICS_PORT (same address as the server) when it is set;
-    returns the HTTP server to stop on shutdown, or None."""
-    if metrics is None or not config.metrics_port:
-        return None
-    server = tornado.httpserver.HTTPServer(make_metrics_app(config, metrics))
-    server.listen(config.metrics_port, address=config.server_host)
-    return server
