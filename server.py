@@ -15,7 +15,6 @@ from typing import Any
 import jwt
 import tornado.httpserver
 import tornado.web
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from livekit.api import LiveKitAPI
 from tornado.netutil import bind_sockets
 
@@ -88,16 +87,15 @@ def make_app(
     )
     # Each module's routes, tried in order: the busiest endpoint first; extensions' last.
     routes: list[Any] = [
-        *token.routes(config, authorize),
+        *token.routes(config, authorize, app_context),
         *webhook.routes(config, event_log),
-        *pages.routes(event_log, broadcaster),
+        *pages.routes(event_log, broadcaster, runner),
         *events.routes(event_log, broadcaster),
-        *rooms_handlers.routes(),
+        *rooms_handlers.routes(rooms, livekit_api, event_log),
         *metrics_routes(config, metrics),
         (r"/openapi\.json", OpenApiHandler, {"document": OPENAPI_FILE.read_bytes()}),
     ]
     routes += map(tracked_rule, extensions.routes(app_context, [str(route[0]) for route in routes]))
-    jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
     return make_application(
         config,
         routes,
@@ -108,7 +106,6 @@ def make_app(
         extensions=extensions,
         app_context=app_context,
         event_handlers=runner,
-        jinja=jinja,
         static_path=str(PROJECT_DIR / "static"),
         static_handler_class=StaticFileHandler,
         metrics=metrics,

@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from http import HTTPStatus
-from typing import Any
 
-import orjson
 import tornado.httputil
 import tornado.websocket
 from tornado.iostream import StreamClosedError
@@ -18,7 +15,7 @@ from eventlog import Entry, EventLog, StoreUnavailable
 from ground.config import Config
 from ground.credentials import bearer_credential, secret_matches
 from ground.errors import ApiError
-from handlers.support.base import Handler, Route
+from handlers.support.base import Handler, JsonErrors, Route
 from handlers.support.broadcast import (
     Broadcaster,
     Frame,
@@ -77,7 +74,7 @@ class _Closed(Exception):
     """The socket went away (or was closed as too slow) during the replay."""
 
 
-class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler):
+class EventsSocketHandler(EveryOriginChecked, JsonErrors, tornado.websocket.WebSocketHandler):
     """Replays what the event log holds, then relays what the broadcaster fans out."""
 
     def initialize(self, event_log: EventLog, broadcaster: Broadcaster) -> None:
@@ -102,14 +99,6 @@ class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler
         check_events_credential(self.settings["config"], self.request)
         # Before the upgrade: a `since` that is not UTF-8 gets a 400 here, not an aborted socket.
         self.since = self.get_query_argument("since", None) or None
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        error = kwargs.get("exc_info", (None, None, None))[1]
-        message = error.message if isinstance(error, ApiError) else HTTPStatus(status_code).phrase
-        for name, value in getattr(error, "headers", {}).items():
-            self.set_header(name, value)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(orjson.dumps({"errorMessage": message}))
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None

@@ -52,36 +52,10 @@ Route = (
 )
 
 
-class Tracked(tornado.web.RequestHandler):
-    """What every request handler of this server has, and what extensions/routes.py puts
-    under an extension's handler whatever its base class:
-
-    - in flight from its creation until it answered or its client left: shutdown waits
-      for it (server.shutdown);
-    - errors answered as `{"errorMessage": ...}` JSON (an ApiError's own message), never
-      a traceback, and a client error logged as one access line, not a traceback;
-    - a request body of at most `max_body_bytes`, cut as it arrives (handlers/support/bodies.py).
-    """
-
-    max_body_bytes: ClassVar[int] = 64 * 1024
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.settings["requests_in_flight"].add(self)
-
-    def finish(self, chunk: Any = None) -> Any:
-        # finish, not on_finish: a subclass that overrides on_finish without super() is
-        # still answered for.
-        try:
-            return super().finish(chunk)
-        finally:
-            self.settings["requests_in_flight"].discard(self)
-
-    def on_connection_close(self) -> None:
-        self.settings["requests_in_flight"].discard(self)
-        # Tornado's own: a streamed body still being read ends with the connection, and so
-        # does the handler (else it would wait for the rest of the body for good).
-        super().on_connection_close()
+class JsonErrors(tornado.web.RequestHandler):
+    """The one error writer, for HTTP endpoints (Tracked) and WebSocket upgrades alike:
+    `{"errorMessage": ...}` JSON (an ApiError's own message and headers), never a
+    traceback; a client error is one access line, not a traceback in the log."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
@@ -103,12 +77,48 @@ class Tracked(tornado.web.RequestHandler):
         super().log_exception(typ, value, tb)
 
 
+class Tracked(JsonErrors):
+    """What every request handler of this server has, and what extensions/routes.py puts
+    under an extension's handler whatever its base class:
+
+    - in flight from its creation until it answered or its client left: shutdown waits
+      for it (server.shutdown);
+    - errors answered as `{"errorMessage": ...}` JSON (JsonErrors);
+    - a request body of at most `max_body_bytes`, cut as it arrives (handlers/support/bodies.py).
+    """
+
+    max_body_bytes: ClassVar[int] = 64 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings["requests_in_flight"].add(self)
+
+    def finish(self, chunk: Any = None) -> Any:
+        # finish, not on_finish: a subclass that overrides on_finish without super() is
+        # still answered for.
+        try:
+            return super().finish(chunk)
+        finally:
+            self.settings["requests_in_flight"].discard(self)
+
+    def too_large(self) -> ApiError:
+        """The one 413 of this server."""
+        return ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
+
+    def on_connection_close(self) -> None:
+        self.settings["requests_in_flight"].discard(self)
+        # Tornado's own: a streamed body still being read ends with the connection, and so
+        # does the handler (else it would wait for the rest of the body for good).
+        super().on_connection_close()
+
+
 class Handler(Tracked):
     """The one base of this server's endpoints: Tracked, and what a class sets says the rest.
 
     - `max_body_bytes`: 0 (the default) takes no body; otherwise a POST, PUT or PATCH body
       of a `content_types` media type, refused from its declared length (413) before it is
       read; `json_object()` reads it;
+    - `body_optional = True`: a request without a body is let through as well;
     - `streamed_body = True`: the body is taken as it arrives and kept only up to the limit
       (Tornado's stream_request_body, applied here);
     - `cors_methods`: CORS for browser pages on other origins, with a preflight; credentials
@@ -119,6 +129,7 @@ class Handler(Tracked):
     # What /metrics counts this endpoint's answers as ("token", "webhook", "admin"), if anything.
     metrics_label: ClassVar[str] = ""
     content_types: ClassVar[tuple[str, ...]] = ("application/json",)
+    body_optional: ClassVar[bool] = False
     streamed_body: ClassVar[bool] = False
     cors_methods: ClassVar[str] = ""
 
@@ -171,6 +182,8 @@ class Handler(Tracked):
         declared = self.request.headers.get("Content-Length")
         if declared is not None and (not is_number(declared) or int(declared) > self.max_body_bytes):
             raise self.too_large()
+        if self.body_optional and not self.streamed_body and not self.request.body:
+            return
         content_type = self.request.headers.get("Content-Type", "")
         media_type = content_type.split(";", 1)[0].strip().lower()
         if media_type not in self.content_types:
@@ -178,9 +191,6 @@ class Handler(Tracked):
 
     def implements(self, method: str) -> bool:
         return getattr(type(self), method) is not getattr(tornado.web.RequestHandler, method)
-
-    def too_large(self) -> ApiError:
-        return ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
 
     def data_received(self, chunk: bytes) -> None:
         """A streamed body (`streamed_body`): kept up to the limit, refused past it."""

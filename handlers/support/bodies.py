@@ -20,7 +20,6 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.ioloop import IOLoop
 
-from ground.errors import ApiError
 from handlers.support.base import Tracked, is_number
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ def too_large(handler_class: type[Tracked]) -> type[Tracked]:
     if refusing is None:
 
         def prepare(self: Tracked) -> None:
-            raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
+            raise self.too_large()
 
         refusing = type(f"{handler_class.__name__}BodyTooLarge", (handler_class,), {"prepare": prepare})
         _too_large[handler_class] = refusing
