@@ -1,4 +1,4 @@
-"""Rooms and moderation: the admin API's helpers, bans, identity conflicts and the
+"""Rooms and moderation, without HTTP: bans, identity conflicts and the
 room directory, over LiveKit's RoomService (livekit-api's shared `LiveKitAPI`)."""
 
 from __future__ import annotations
