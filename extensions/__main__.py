@@ -15,9 +15,9 @@ import asyncio
 import sys
 import time
 
-from config import Config, ConfigError
 from eventlog import open_event_log
 from extensions.events import open_feed
+from ground.config import Config, ConfigError
 
 
 async def main(command: str, handler: str | None, event_id: str | None) -> int:

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from livekit.api import LiveKitAPI
 
-from config import Config
 from eventlog import EventLog
-from rooms.livekit import open_livekit_api
+from ground.config import Config
 
 
 class SharedLiveKitAPI:
     """The one livekit-api client of the process (one HTTP connection pool): the one main()
-    opened at start-up, or else one made on first use inside the event loop (aiohttp needs
-    a running loop); closed at shutdown."""
+    opened at start-up, or else one `open_client` makes on first use inside the event loop
+    (aiohttp needs a running loop); closed at shutdown. server.py passes both in: the domain
+    below it does not open clients of its own."""
 
-    def __init__(self, config: Config, client: LiveKitAPI | None = None) -> None:
-        self._config = config
+    def __init__(self, open_client: Callable[[], LiveKitAPI], client: LiveKitAPI | None = None) -> None:
+        self._open_client = open_client
         self._client = client
 
     def get(self) -> LiveKitAPI:
         if self._client is None:
             asyncio.get_running_loop()  # fail here, clearly, outside the loop
-            self._client = open_livekit_api(self._config)
+            self._client = self._open_client()
         return self._client
 
     async def aclose(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from config import Config
+from ground.config import Config
 
 MAX_BAN_SECONDS = 365 * 86_400
 REDIS_KEY_PREFIX = "livekit:bans:"

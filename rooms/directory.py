@@ -25,8 +25,8 @@ from livekit.api.twirp_client import ServerError
 from livekit.protocol.models import ParticipantInfo
 from livekit.protocol.room import ListParticipantsRequest, ListRoomsRequest
 
-from config import Config
 from eventlog import EventLog, StoreUnavailable
+from ground.config import Config
 from rooms.livekit import LiveKitUnavailable, ask_livekit
 from rooms.shapes import JsonObject, parse_participant, parse_room, parse_track, participant_json, room_json
 

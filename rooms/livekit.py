@@ -1,4 +1,5 @@
-"""The one shared livekit-api client, and what its failures mean to our clients."""
+"""The one shared livekit-api client, and LiveKitUnavailable when it cannot be asked
+(handlers/support/livekit_answers.py turns that into HTTP answers)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import aiohttp
 from livekit.api import LiveKitAPI
 from livekit.api.twirp_client import ServerError
 
-from config import Config
-from handlers.base import ApiError
+from ground.config import Config
 
 T = TypeVar("T")
 
@@ -50,16 +50,3 @@ async def ask_livekit(call: Awaitable[T], url: str) -> T:
     except (TimeoutError, aiohttp.ClientError, OSError) as error:
         reason = "timed out" if isinstance(error, asyncio.TimeoutError) else "unreachable"
         raise LiveKitUnavailable(f"The LiveKit server at {url} is {reason}") from None
-
-
-async def room_service(call: Awaitable[T], url: str, not_found: str = "") -> T:
-    """ask_livekit for an HTTP handler: 503 when LiveKit cannot be asked, 404 with
-    `not_found` when it says there is no such thing, 400 with its words otherwise."""
-    try:
-        return await ask_livekit(call, url)
-    except LiveKitUnavailable as error:
-        raise ApiError(503, str(error)) from None
-    except ServerError as error:
-        if error.status == 404:
-            raise ApiError(404, not_found or "Not found on the LiveKit server") from None
-        raise ApiError(400, f"The LiveKit server refused: {error.message or error.code}") from None
