@@ -1,0 +1,312 @@
+"""The Dockerfile and compose.yaml, built and run for real with podman.
+
+The public files name public images; no registry is reachable here, so tests/podman.py
+builds local stand-ins from Debian and the pinned livekit-server, and
+tests/local_images/compose.local.yaml swaps them in. Published ports are free ports on
+127.0.0.1, chosen through compose.yaml's own variables (an override file can add ports,
+not replace them). Every container, volume and network is named `lkapptest-...` and
+removed after each test, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config import PROJECT_DIR
+from dev.livekit_server import HOW_TO_GET as HOW_TO_GET_LIVEKIT
+from dev.livekit_server import find_binary, free_port
+from tests import podman as containers
+from tests.conftest import post_webhook, request_token, require, token_claims, webhook_event
+from tests.podman import PREFIX, Images, inspect, podman
+
+pytestmark = pytest.mark.containers
+COMPOSE_OVERRIDE = "tests/local_images/compose.local.yaml"
+# compose.yaml's ${...} variables the tests set; a .env beside it would win (podman-compose 1.0.3).
+COMPOSE_VARIABLES = (
+    "PUBLISH_ADDRESS",
+    "SERVER_PUBLISHED_PORT",
+    "LIVEKIT_PUBLISHED_PORT",
+    "LIVEKIT_URL",
+    "LIVEKIT_RTC_TCP_PORT",
+    "LIVEKIT_RTC_UDP_PORT",
+    "LIVEKIT_NODE_IP",
+    "LIVEKIT_API_KEY",
+    "LIVEKIT_API_SECRET",
+    "APP_ENV",
+    "ADMIN_SECRET",
+)
+
+
+@pytest.fixture(scope="session")
+def images(request: pytest.FixtureRequest) -> Iterator[Images]:
+    """The stand-ins and the server image, built once per session (reused across sessions
+    while their inputs are unchanged); image size and build times printed."""
+    missing = containers.missing_tools()
+    require("podman", not missing, f"missing {', '.join(missing)}: {containers.HOW_TO_GET}")
+    binary = find_binary()
+    require("livekit-server", binary is not None, HOW_TO_GET_LIVEKIT)
+    require(
+        "node and npm",
+        containers.node_and_npm() is not None,
+        "install Node.js with npm (`make setup` needs it)",
+    )
+    assert binary is not None
+    log = report_line(request)
+    with containers.cache_lock():
+        containers.remove_everything_named(PREFIX)  # what a killed run left behind
+        try:
+            base, node, livekit, redis = containers.stand_ins(binary, log)
+            server, built = containers.server_image(base, node, log)
+            when = "built earlier with the same inputs; " if built["reused"] else ""
+            log(
+                f"server image {built['size'] / 1e6:.0f} MB (of which the Debian base "
+                f"{built['base_size'] / 1e6:.0f} MB); {when}cold build {built['cold_seconds']} s, "
+                f"warm build {built['warm_seconds']} s"
+            )
+            yield Images(base, node, livekit, redis, server, built)
+        finally:
+            containers.remove_everything_named(PREFIX)
+
+
+def report_line(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Figures for the test output (never asserted): printed even when output is captured."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+
+    def log(line: str) -> None:
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(f"[containers] {line}")
+
+    return log
+
+
+@pytest.fixture
+def names(images: Images) -> Iterator[str]:
+    """A name prefix of this test's own; everything named with it is removed after it."""
+    prefix = f"{PREFIX}-{secrets.token_hex(4)}"
+    yield prefix
+    containers.remove_everything_named(prefix)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return int(error.code), json.loads(error.read())
+
+
+def wait_healthy(container: str, timeout: float = 90) -> None:
+    """Until the image's HEALTHCHECK passes (run by hand: podman schedules it with systemd
+    timers, which this machine may not have)."""
+    deadline = time.monotonic() + timeout
+    while podman("healthcheck", "run", container, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            logs = podman("logs", container, check=False)
+            raise AssertionError(
+                f"{container} never became healthy; its log:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}"
+            )
+        time.sleep(0.5)
+
+
+class ServerContainer:
+    """The server image run as `docker run` would: its port published on a free loopback
+    port, /data on a named volume."""
+
+    def __init__(self, image: str, name: str, volume: str) -> None:
+        self.image, self.name, self.volume = image, name, volume
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerContainer:
+        podman(
+            "run", "--detach", "--name", self.name, "--publish", f"127.0.0.1:{self.port}:6080",
+            "--volume", f"{self.volume}:/data", self.image,
+        )  # fmt: skip
+        wait_healthy(self.name)
+        return self
+
+    def logs(self) -> str:
+        result = podman("logs", self.name, check=False)
+        return result.stdout + result.stderr
+
+
+def test_the_image_runs_as_non_root_healthy_and_answers_tokens_in_both_shapes(
+    images: Images, names: str
+) -> None:
+    server = ServerContainer(images.server, f"{names}-server", f"{names}-data").start()
+    assert inspect(server.name, "{{.Config.User}}") == "app"
+    assert podman("exec", server.name, "id", "-u").stdout.strip() not in ("", "0")
+    assert inspect(server.name, "{{.State.Health.Status}}") == "healthy"
+    assert get(server.url + "/healthz") == (
+        200,
+        {"status": "ok", "eventStore": {"store": "sqlite", "ok": True}, "sockets": 0},
+    )
+
+    status, answer = request_token(server.url, {"roomName": "boxed", "participantName": "alice"})
+    assert status == 200 and set(answer) == {"token"}
+    claims = token_claims(answer["token"])
+    assert (claims.identity, claims.video.room, claims.video.room_join) == ("alice", "boxed", True)
+
+    status, answer = request_token(server.url, {"room_name": "boxed", "participant_identity": "bob"})
+    assert status == 201 and answer["server_url"] == "ws://localhost:7880"
+    assert token_claims(answer["participant_token"]).identity == "bob"
+
+
+def test_stop_drains_and_the_volume_keeps_the_event_log(images: Images, names: str) -> None:
+    """`podman stop` while webhooks keep coming: the server exits by itself within the grace
+    period, and a new container on the same volume has every event it acknowledged."""
+    volume = f"{names}-data"
+    first = ServerContainer(images.server, f"{names}-first", volume).start()
+    acknowledged: list[str] = []
+    stopping = threading.Event()
+
+    def send() -> None:
+        while True:
+            event = webhook_event("room_started", room="drain")
+            try:
+                status = post_webhook(first.url, event)
+            except OSError:  # the port closed: nothing more is acknowledged
+                if stopping.is_set():
+                    return
+                continue
+            if status == 200:
+                acknowledged.append(event["id"])
+
+    senders = [threading.Thread(target=send, daemon=True) for _ in range(4)]
+    for sender in senders:
+        sender.start()
+    deadline = time.monotonic() + 30
+    while len(acknowledged) < 40 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stopping.set()
+    podman("stop", "--time", "10", first.name, timeout=60)
+    for sender in senders:
+        sender.join(20)
+    assert not any(sender.is_alive() for sender in senders)
+    # 0, not 137: it exited on its own, before the grace period ended in a SIGKILL.
+    assert inspect(first.name, "{{.State.ExitCode}}") == "0", first.logs()[-3000:]
+    assert "Shutting down (SIGTERM)" in first.logs() and "Stopped" in first.logs()
+    podman("rm", first.name)
+
+    second = ServerContainer(images.server, f"{names}-second", volume).start()
+    status, history = get(second.url + "/events/history?limit=1000")
+    assert status == 200
+    stored = [frame["event"]["id"] for frame in history]
+    assert 40 <= len(acknowledged) < 1000 and len(stored) < 1000  # all of them on one page
+    assert set(acknowledged) <= set(stored)
+    assert len(stored) == len(set(stored))
+
+
+def readme_commands() -> list[str]:
+    """The README's container section: its shell block's command lines."""
+    readme = (PROJECT_DIR / "README.md").read_text()
+    section = re.search(r"^## Run it in containers\n(.*?)^## ", readme, re.DOTALL | re.MULTILINE)
+    assert section, "README has a `## Run it in containers` section"
+    block = re.search(r"```sh\n(.*?)```", section.group(1), re.DOTALL)
+    assert block, "with a sh block"
+    lines = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
+    return [line for line in lines if line]
+
+
+def test_the_readme_compose_stack(
+    images: Images, names: str, browser: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The README's commands as written (podman-compose, the local images): LiveKit's real
+    webhooks reach the server by service name and land in Redis, the server reaches
+    LiveKit's API by service name, and a browser on this machine joins a room through the
+    published ports and sees its events."""
+    dotenv = PROJECT_DIR / ".env"
+    if dotenv.exists():
+        clashing = set(COMPOSE_VARIABLES) & set(
+            re.findall(r"^\s*(\w+)\s*=", dotenv.read_text(), re.MULTILINE)
+        )
+        if clashing:
+            pytest.skip(f"{dotenv} sets {sorted(clashing)}, which podman-compose 1.0.3 prefers to the test's")
+    up, *after = readme_commands()
+    assert up.startswith("docker compose up"), up
+    livekit_port, admin_secret = free_port(), secrets.token_hex(20)
+    settings = {
+        "PUBLISH_ADDRESS": "127.0.0.1",
+        "SERVER_PUBLISHED_PORT": str(free_port()),
+        "LIVEKIT_PUBLISHED_PORT": str(livekit_port),
+        "LIVEKIT_URL": f"ws://127.0.0.1:{livekit_port}",
+        "LIVEKIT_RTC_TCP_PORT": str(free_port()),
+        "LIVEKIT_RTC_UDP_PORT": str(free_port(socket.SOCK_DGRAM)),
+        "ADMIN_SECRET": admin_secret,
+        "TEST_SERVER_IMAGE": images.server,
+        "TEST_PYTHON_IMAGE": images.base,
+        "TEST_NODE_IMAGE": images.node,
+        "TEST_LIVEKIT_IMAGE": images.livekit,
+        "TEST_REDIS_IMAGE": images.redis,
+    }
+    compose = f"podman-compose -p {names} -f compose.yaml -f {COMPOSE_OVERRIDE}"
+    env = containers.environment(**settings)
+
+    def run(command: str) -> None:
+        as_here = command.replace("docker compose", compose, 1)
+        result = subprocess.run(
+            ["bash", "-c", as_here], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=600
+        )
+        with open(tmp_path / "compose.log", "a") as log:
+            log.write(f"$ {as_here}\n{result.stdout}\n{result.stderr}\n")
+        assert result.returncode == 0, f"{as_here}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+    started = time.monotonic()
+    run(up)
+    up_returned = time.monotonic()
+    server, redis = f"{names}_server_1", f"{names}_redis_1"
+    wait_healthy(server)
+    report_line(request)(
+        f"compose up (the README's command, a warm build included) {up_returned - started:.1f} s, "
+        f"then healthy after {time.monotonic() - up_returned:.1f} s"
+    )
+    url = f"http://127.0.0.1:{settings['SERVER_PUBLISHED_PORT']}"
+    assert get(url + "/healthz")[1]["eventStore"] == {"store": "redis", "ok": True}
+
+    from tests.test_e2e import join, open_page, wait_for_event
+
+    room = f"boxed-{secrets.token_hex(3)}"
+    page = open_page(browser, url + "/")
+    try:
+        join(page, room, "alice")
+        wait_for_event(page, "participant_joined", room, "alice")
+        wait_for_event(page, "track_published", room, "camera")
+        # The server asks LiveKit's API at http://livekit:7880 (LIVEKIT_API_URL).
+        status, found = get(f"{url}/rooms/{room}", {"Authorization": f"Bearer {admin_secret}"})
+        assert status == 200, found
+        assert [participant["identity"] for participant in found["participants"]] == ["alice"]
+    finally:
+        page.context.close()
+    # The events the page showed came from LiveKit's webhooks, stored in Redis's stream.
+    status, history = get(url + "/events/history?limit=1000")
+    ids = [frame["event"]["id"] for frame in history if frame["event"].get("room", {}).get("name") == room]
+    assert len(ids) >= 2
+    stream = podman("exec", redis, "redis-cli", "XRANGE", "livekit:events", "-", "+").stdout
+    assert all(event_id in stream for event_id in ids)
+
+    for command in after:
+        run(command)
+    left = podman("ps", "--all", "--format", "{{.Names}}", "--filter", f"name={names}").stdout.split()
+    assert left == []
