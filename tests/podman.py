@@ -328,6 +328,12 @@ def stand_ins(livekit_binary: str, log: Any) -> tuple[str, str, str, str]:
     )
 
 
+def caddy_image(base: str, log: Any) -> str | None:
+    """The caddy:2 stand-in, from this machine's Caddy; None without one."""
+    caddy = shutil.which("caddy")
+    return _stand_in("caddy", base, {"caddy": Path(caddy).resolve()}, log) if caddy else None
+
+
 def build_context_files() -> list[Path]:
     """The files the Dockerfile may copy: what .dockerignore lets into the context."""
     allowed = [

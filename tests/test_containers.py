@@ -310,3 +310,172 @@ def test_the_readme_compose_stack(
         run(command)
     left = podman("ps", "--all", "--format", "{{.Names}}", "--filter", f"name={names}").stdout.split()
     assert left == []
+
+
+CONTAINERS_DOC = PROJECT_DIR / "docs" / "containers.md"
+
+
+def doc_block(first_line: str) -> str:
+    """The code block of docs/containers.md whose first line is `first_line`."""
+    for block in re.findall(r"```\w*\n(.*?)```", CONTAINERS_DOC.read_text(), re.DOTALL):
+        if block.startswith(first_line + "\n"):
+            return str(block)
+    raise AssertionError(f"docs/containers.md has no block starting with {first_line!r}")
+
+
+def in_container(container: str, path: str) -> str:
+    """GET http://127.0.0.1:6080<path> from inside a server container (it has no curl)."""
+    url = f"http://127.0.0.1:6080{path}"
+    script = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
+    return podman("exec", container, "python3", "-c", script).stdout
+
+
+def test_extensions_from_a_derived_image_and_from_a_mount(images: Images, names: str, tmp_path: Path) -> None:
+    """docs/containers.md's two ways to add APP_EXTENSIONS, with examples/room_list.py."""
+    dockerfile = doc_block("FROM livekit-tornado-app-server").replace(
+        "livekit-tornado-app-server", images.server, 1
+    )
+    dockerfile = dockerfile.replace("my_auth", "room_list")
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    (tmp_path / "room_list.py").write_text((PROJECT_DIR / "examples" / "room_list.py").read_text())
+    derived = f"localhost/{names}-derived:1"
+    try:
+        podman("build", "--format", "docker", "--tag", derived, str(tmp_path), timeout=300)
+        built = ServerContainer(derived, f"{names}-derived", f"{names}-data-1").start()
+        mounted = ServerContainer(images.server, f"{names}-mounted", f"{names}-data-2")
+        mount = re.search(r'`-v "\$PWD/my_extensions:(\S+)" -e (\S+)`', CONTAINERS_DOC.read_text())
+        assert mount, "the mount example"
+        inside, environment = mount.groups()
+        volume = f"{PROJECT_DIR / 'examples'}:{inside.replace('my_extensions', 'examples')}"
+        environment = environment.replace("my_extensions.auth", "examples.room_list")
+        podman(
+            "run", "--detach", "--name", mounted.name, "--publish", f"127.0.0.1:{mounted.port}:6080",
+            "--volume", f"{mounted.volume}:/data", "--volume", volume, "--env", environment, images.server,
+        )  # fmt: skip
+        wait_healthy(mounted.name)
+        for server in (built, mounted):
+            # The extension's route answers (404 without it): LiveKit is not running here.
+            status, answer = get(server.url + "/example/rooms")
+            assert status == 503 and "LiveKit cannot be reached" in answer["errorMessage"], answer
+    finally:
+        containers.remove_everything_named(names)
+        podman("rmi", "--force", derived, check=False)
+
+
+def test_the_https_layout_with_two_instances(
+    images: Images, names: str, browser: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """docs/containers.md's HTTPS (Caddy, OpenVidu's LAN layout) and second-instance blocks,
+    as written, with 127.0.0.1 as the LAN address: the page over HTTPS with Caddy's CA, a
+    room joined through wss://, events from either instance, tokens from both."""
+    caddy = containers.caddy_image(images.base, report_line(request))
+    require("caddy", caddy is not None, "install Debian's caddy (`make system-packages` as root)")
+    assert caddy is not None
+    lan_file, more_file, caddyfile = (
+        tmp_path / "compose.lan.yaml",
+        tmp_path / "compose.more.yaml",
+        tmp_path / "Caddyfile.lan",
+    )
+    lan_compose = doc_block("# compose.lan.yaml")
+    assert "./Caddyfile.lan:" in lan_compose
+    lan_file.write_text(lan_compose.replace("./Caddyfile.lan:", f"{caddyfile}:"))
+    more_file.write_text(doc_block("# compose.more.yaml"))
+    caddyfile.write_text(doc_block("# Caddyfile.lan"))
+    https_port, livekit_https_port, ca_port = free_port(), free_port(), free_port()
+    # The .env block, for 127.0.0.1 and free ports on it.
+    dotenv = dict(line.split("=", 1) for line in doc_block("LAN_HOST=192.168.1.20").splitlines())
+    dotenv = {
+        key: value.replace("192.168.1.20:7443", f"127.0.0.1:{livekit_https_port}")
+        for key, value in dotenv.items()
+    }
+    dotenv = {key: value.replace("192.168.1.20", "127.0.0.1") for key, value in dotenv.items()}
+    assert dotenv.pop("RTC_PUBLISH_ADDRESS") == "0.0.0.0"  # the tests publish on 127.0.0.1 only
+    upstreams = re.search(r"`SERVER_UPSTREAMS=([^`]+)`", CONTAINERS_DOC.read_text())
+    assert upstreams
+    settings = {
+        **dotenv,
+        "SERVER_UPSTREAMS": upstreams.group(1),
+        "PUBLISH_ADDRESS": "127.0.0.1",
+        "RTC_PUBLISH_ADDRESS": "127.0.0.1",
+        "LAN_PUBLISH_ADDRESS": "127.0.0.1",
+        "SERVER_PUBLISHED_PORT": str(free_port()),
+        "LIVEKIT_PUBLISHED_PORT": str(free_port()),
+        "LIVEKIT_RTC_TCP_PORT": str(free_port()),
+        "LIVEKIT_RTC_UDP_PORT": str(free_port(socket.SOCK_DGRAM)),
+        "LAN_SERVER_PORT": str(https_port),
+        "LAN_LIVEKIT_PORT": str(livekit_https_port),
+        "LAN_CA_PORT": str(ca_port),
+        "TEST_SERVER_IMAGE": images.server,
+        "TEST_PYTHON_IMAGE": images.base,
+        "TEST_NODE_IMAGE": images.node,
+        "TEST_LIVEKIT_IMAGE": images.livekit,
+        "TEST_REDIS_IMAGE": images.redis,
+        "TEST_CADDY_IMAGE": caddy,
+    }
+    command = re.search(
+        r"`(docker compose -f compose\.yaml -f compose\.lan\.yaml -f compose\.more\.yaml up[^`]*)`",
+        CONTAINERS_DOC.read_text(),
+    )
+    assert command, "the command that starts the layout with two instances"
+    as_here = (
+        command.group(1)
+        .replace("docker compose", f"podman-compose -p {names}", 1)
+        .replace("compose.lan.yaml", str(lan_file))
+        .replace("compose.more.yaml", str(more_file))
+    )
+    as_here = as_here.replace(
+        " up", f" -f {COMPOSE_OVERRIDE} -f tests/local_images/compose.local-lan.yaml up", 1
+    )
+    result = subprocess.run(
+        ["bash", "-c", as_here], cwd=PROJECT_DIR, env=containers.environment(**settings),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{as_here}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    first, second = f"{names}_server_1", f"{names}_server-2_1"
+    wait_healthy(first)
+    wait_healthy(second)
+
+    import ssl
+
+    ca = urllib.request.urlopen(f"http://127.0.0.1:{ca_port}/lan-ca.crt", timeout=10).read().decode()
+    assert ca.startswith("-----BEGIN CERTIFICATE-----") and "PRIVATE KEY" not in ca
+    for path in ("/root.key", "/root.crt", "/"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{ca_port}{path}", timeout=10).close()
+        assert refused.value.code == 404
+        refused.value.close()
+    trusting = ssl.create_default_context(cadata=ca)
+    page_url = f"https://127.0.0.1:{https_port}"
+    for number in range(20):  # Caddy spreads them over both instances
+        token_request = urllib.request.Request(
+            page_url + "/token",
+            data=json.dumps({"roomName": "lan", "participantName": f"p{number}"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(token_request, timeout=10, context=trusting) as answer:
+            assert answer.status == 200
+    for server in (first, second):
+        served = re.search(
+            r'^livekit_app_token_requests_total\{shape="openvidu".*?\} (\S+)$',
+            in_container(server, "/metrics"),
+            re.MULTILINE,
+        )
+        assert served and float(served.group(1)) > 0, f"{server} answered no token"
+
+    from tests.test_e2e import join, wait_for_event
+
+    room = f"lan-{secrets.token_hex(3)}"
+    context = browser.new_context(ignore_https_errors=True)
+    try:
+        page = context.new_page()
+        page.goto(page_url + "/")
+        page.wait_for_selector('#socket-state[data-state="live"]')
+        join(page, room, "alice")
+        wait_for_event(page, "participant_joined", room, "alice")
+        wait_for_event(page, "track_published", room, "camera")
+    finally:
+        context.close()
+    # LiveKit posted them to `server`; the second instance has them through Redis.
+    for server in (first, second):
+        history = json.loads(in_container(server, "/events/history?limit=1000"))
+        assert any(frame["event"].get("room", {}).get("name") == room for frame in history), server
