@@ -56,7 +56,7 @@ def images(request: pytest.FixtureRequest) -> Iterator[Images]:
     """The stand-ins and the server image, built once per session (reused across sessions
     while their inputs are unchanged); image size and build times printed."""
     missing = containers.missing_tools()
-    require("podman", not missing, f"missing {', '.join(missing)}: {containers.HOW_TO_GET}")
+    require(", ".join(missing), not missing, containers.HOW_TO_GET)
     binary = find_binary()
     require("livekit-server", binary is not None, HOW_TO_GET_LIVEKIT)
     require(
@@ -313,6 +313,15 @@ def test_the_readme_compose_stack(
 
 
 CONTAINERS_DOC = PROJECT_DIR / "docs" / "containers.md"
+
+
+def test_every_compose_variable_is_in_the_docs_table() -> None:
+    """Each ${NAME} of compose.yaml, and each variable passed on from the shell (NAME:)."""
+    lines = (PROJECT_DIR / "compose.yaml").read_text().splitlines()
+    compose = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    used = set(re.findall(r"\$\{(\w+)", compose)) | set(re.findall(r"^      (\w+):$", compose, re.MULTILINE))
+    table = "\n".join(line for line in CONTAINERS_DOC.read_text().splitlines() if line.startswith("| `"))
+    assert sorted(name for name in used if f"`{name}`" not in table) == []
 
 
 def doc_block(first_line: str) -> str:
