@@ -15,14 +15,15 @@ RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export NODE_EXTRA_CA_CERTS=/run/secrets/ca; fi; \
     npm ci --omit=dev --no-audit --no-fund --loglevel=error
 
-# The pinned runtime dependencies (requirements.txt) in a venv; pip itself is left out.
+# The pinned runtime dependencies (requirements.txt) in a venv; pip (and the setuptools
+# that older venvs add) are left out.
 FROM ${PYTHON_IMAGE} AS python-packages
 COPY requirements.txt /build/
 RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
     python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --quiet --no-cache-dir --disable-pip-version-check -r /build/requirements.txt \
-    && /opt/venv/bin/pip uninstall --quiet --yes pip
+    && /opt/venv/bin/pip uninstall --quiet --yes setuptools pip
 
 FROM ${PYTHON_IMAGE}
 # A user of its own, without a login or a writable home; it owns only /data.

@@ -370,7 +370,7 @@ def ca_bundle() -> str | None:
 def server_image(python_image: str, node_image: str, log: Any) -> tuple[str, dict[str, Any]]:
     """The Dockerfile built on the stand-ins: cold (no layer cache) once per change of its
     inputs, then once more warm; the timings and size kept beside it for later runs."""
-    files = build_context_files()
+    files = [PROJECT_DIR / "Dockerfile", PROJECT_DIR / ".dockerignore", *build_context_files()]
     key = _digest(python_image, node_image, *[(str(f.relative_to(PROJECT_DIR)), _digest(f)) for f in files])
     tag = f"localhost/{PREFIX}-server:{key}"
     record = CACHE_DIR / f"server-{key}.json"
