@@ -1,40 +1,45 @@
-"""The Dockerfile and compose.yaml, built and run for real with podman.
+"""compose.yaml and docs/containers.md's stacks, as written, run with podman-compose.
 
-The public files name public images; no registry is reachable here, so tests/podman.py
-builds local stand-ins from Debian and the pinned livekit-server, and
-tests/local_images/compose.local.yaml swaps them in. Published ports are free ports on
-127.0.0.1, chosen through compose.yaml's own variables (an override file can add ports,
-not replace them). Every container, volume and network is named `lkapptest-...` and
-removed after each test, whatever happened.
+The public files name public images; no registry is reachable here, so stand_ins.py builds
+local ones, and local_images/compose.local.yaml (compose.local-lan.yaml for the docs'
+files) swaps them in. Published ports are free ports on 127.0.0.1, chosen through
+compose.yaml's own variables (an override file can add ports, not replace them). Every
+container, volume and network is named `lkapptest-...` and removed after each test,
+whatever happened (conftest.py's `names`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import secrets
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from config import PROJECT_DIR
-from dev.livekit_server import HOW_TO_GET as HOW_TO_GET_LIVEKIT
-from dev.livekit_server import find_binary, free_port
-from tests import podman as containers
-from tests.conftest import post_webhook, request_token, require, token_claims, webhook_event
-from tests.podman import PREFIX, Images, inspect, podman
+from dev.livekit_server import free_port
+from tests.conftest import require
+from tests.containers.podman import (
+    CONTAINERS_DOC,
+    doc_block,
+    environment,
+    get,
+    in_container,
+    podman,
+    report_line,
+    wait_healthy,
+)
+from tests.containers.stand_ins import Images, caddy_image
 
 pytestmark = pytest.mark.containers
-COMPOSE_OVERRIDE = "tests/local_images/compose.local.yaml"
+COMPOSE_OVERRIDE = "tests/containers/local_images/compose.local.yaml"
 # Variables of compose.yaml and docs/containers.md's files that the tests set.
 COMPOSE_VARIABLES = (
     "PUBLISH_ADDRESS",
@@ -67,174 +72,6 @@ def skip_if_dotenv_overrides_them() -> None:
         assigned = re.findall(r"^\s*(\w+)\s*=", dotenv.read_text(), re.MULTILINE)
         if clashing := sorted(set(COMPOSE_VARIABLES) & set(assigned)):
             pytest.skip(f"{dotenv} sets {clashing}, which podman-compose 1.0.3 prefers to the test's")
-
-
-@pytest.fixture(scope="session")
-def images(request: pytest.FixtureRequest) -> Iterator[Images]:
-    """The stand-ins and the server image, built once per session (reused across sessions
-    while their inputs are unchanged); image size and build times printed."""
-    missing = containers.missing_tools()
-    require(", ".join(missing), not missing, containers.HOW_TO_GET)
-    binary = find_binary()
-    require("livekit-server", binary is not None, HOW_TO_GET_LIVEKIT)
-    require(
-        "node and npm",
-        containers.node_and_npm() is not None,
-        "install Node.js with npm (`make setup` needs it)",
-    )
-    assert binary is not None
-    log = report_line(request)
-    with containers.cache_lock():
-        containers.remove_everything_named(PREFIX)  # what a killed run left behind
-        try:
-            base, node, livekit, redis = containers.stand_ins(binary, log)
-            server, built = containers.server_image(base, node, log)
-            when = "built earlier with the same inputs; " if built["reused"] else ""
-            log(
-                f"server image {built['size'] / 1e6:.0f} MB (of which the Debian base "
-                f"{built['base_size'] / 1e6:.0f} MB); {when}cold build {built['cold_seconds']} s, "
-                f"warm build {built['warm_seconds']} s"
-            )
-            yield Images(base, node, livekit, redis, server, built)
-        finally:
-            containers.remove_everything_named(PREFIX)
-
-
-def report_line(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    """Figures for the test output (never asserted): printed even when output is captured."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-
-    def log(line: str) -> None:
-        if reporter is None:
-            return
-        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            reporter.write_line(f"[containers] {line}")
-
-    return log
-
-
-@pytest.fixture
-def names(images: Images) -> Iterator[str]:
-    """A name prefix of this test's own; everything named with it is removed after it."""
-    prefix = f"{PREFIX}-{secrets.token_hex(4)}"
-    yield prefix
-    containers.remove_everything_named(prefix)
-
-
-def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status), json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return int(error.code), json.loads(error.read())
-
-
-def wait_healthy(container: str, timeout: float = 90) -> None:
-    """Until the image's HEALTHCHECK passes (run by hand: podman schedules it with systemd
-    timers, which this machine may not have)."""
-    deadline = time.monotonic() + timeout
-    while podman("healthcheck", "run", container, check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            logs = podman("logs", container, check=False)
-            raise AssertionError(
-                f"{container} never became healthy; its log:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}"
-            )
-        time.sleep(0.5)
-
-
-class ServerContainer:
-    """The server image run as `docker run` would: its port published on a free loopback
-    port, /data on a named volume."""
-
-    def __init__(self, image: str, name: str, volume: str) -> None:
-        self.image, self.name, self.volume = image, name, volume
-        self.port = free_port()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ServerContainer:
-        podman(
-            "run", "--detach", "--name", self.name, "--publish", f"127.0.0.1:{self.port}:6080",
-            "--volume", f"{self.volume}:/data", self.image,
-        )  # fmt: skip
-        wait_healthy(self.name)
-        return self
-
-    def logs(self) -> str:
-        result = podman("logs", self.name, check=False)
-        return result.stdout + result.stderr
-
-
-def test_the_image_runs_as_non_root_healthy_and_answers_tokens_in_both_shapes(
-    images: Images, names: str
-) -> None:
-    server = ServerContainer(images.server, f"{names}-server", f"{names}-data").start()
-    assert inspect(server.name, "{{.Config.User}}") == "app"
-    assert podman("exec", server.name, "id", "-u").stdout.strip() not in ("", "0")
-    assert inspect(server.name, "{{.State.Health.Status}}") == "healthy"
-    assert get(server.url + "/healthz") == (
-        200,
-        {"status": "ok", "eventStore": {"store": "sqlite", "ok": True}, "sockets": 0},
-    )
-
-    status, answer = request_token(server.url, {"roomName": "boxed", "participantName": "alice"})
-    assert status == 200 and set(answer) == {"token"}
-    claims = token_claims(answer["token"])
-    assert (claims.identity, claims.video.room, claims.video.room_join) == ("alice", "boxed", True)
-
-    status, answer = request_token(server.url, {"room_name": "boxed", "participant_identity": "bob"})
-    assert status == 201 and answer["server_url"] == "ws://localhost:7880"
-    assert token_claims(answer["participant_token"]).identity == "bob"
-
-
-def test_stop_drains_and_the_volume_keeps_the_event_log(images: Images, names: str) -> None:
-    """`podman stop` while webhooks keep coming: the server exits by itself within the grace
-    period, and a new container on the same volume has every event it acknowledged."""
-    volume = f"{names}-data"
-    first = ServerContainer(images.server, f"{names}-first", volume).start()
-    acknowledged: list[str] = []
-    stopping = threading.Event()
-
-    def send() -> None:
-        while True:
-            event = webhook_event("room_started", room="drain")
-            try:
-                status = post_webhook(first.url, event)
-            except OSError:  # the port closed: nothing more is acknowledged
-                if stopping.is_set():
-                    return
-                continue
-            if status == 200:
-                acknowledged.append(event["id"])
-
-    senders = [threading.Thread(target=send, daemon=True) for _ in range(4)]
-    for sender in senders:
-        sender.start()
-    deadline = time.monotonic() + 30
-    while len(acknowledged) < 40 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    stopping.set()
-    podman("stop", "--time", "10", first.name, timeout=60)
-    for sender in senders:
-        sender.join(20)
-    assert not any(sender.is_alive() for sender in senders)
-    # 0, not 137: it exited on its own, before the grace period ended in a SIGKILL.
-    assert inspect(first.name, "{{.State.ExitCode}}") == "0", first.logs()[-3000:]
-    assert "Shutting down (SIGTERM)" in first.logs() and "Stopped" in first.logs()
-    podman("rm", first.name)
-
-    second = ServerContainer(images.server, f"{names}-second", volume).start()
-    status, history = get(second.url + "/events/history?limit=1000")
-    assert status == 200
-    stored = [frame["event"]["id"] for frame in history]
-    assert 40 <= len(acknowledged) < 1000 and len(stored) < 1000  # all of them on one page
-    assert set(acknowledged) <= set(stored)
-    assert len(stored) == len(set(stored))
 
 
 def readme_commands() -> list[str]:
@@ -274,7 +111,7 @@ def test_the_readme_compose_stack(
         "TEST_REDIS_IMAGE": images.redis,
     }
     compose = f"podman-compose -p {names} -f compose.yaml -f {COMPOSE_OVERRIDE}"
-    env = containers.environment(**settings)
+    env = environment(**settings)
 
     def run(command: str) -> None:
         as_here = command.replace("docker compose", compose, 1)
@@ -324,9 +161,6 @@ def test_the_readme_compose_stack(
     assert left == []
 
 
-CONTAINERS_DOC = PROJECT_DIR / "docs" / "containers.md"
-
-
 def test_every_compose_variable_is_in_the_docs_table() -> None:
     """Each ${NAME} of compose.yaml, and each variable passed on from the shell (NAME:)."""
     lines = (PROJECT_DIR / "compose.yaml").read_text().splitlines()
@@ -336,53 +170,6 @@ def test_every_compose_variable_is_in_the_docs_table() -> None:
     assert sorted(name for name in used if f"`{name}`" not in table) == []
 
 
-def doc_block(first_line: str) -> str:
-    """The code block of docs/containers.md whose first line is `first_line`."""
-    for block in re.findall(r"```\w*\n(.*?)```", CONTAINERS_DOC.read_text(), re.DOTALL):
-        if block.startswith(first_line + "\n"):
-            return str(block)
-    raise AssertionError(f"docs/containers.md has no block starting with {first_line!r}")
-
-
-def in_container(container: str, path: str) -> str:
-    """GET http://127.0.0.1:6080<path> from inside a server container (it has no curl)."""
-    url = f"http://127.0.0.1:6080{path}"
-    script = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
-    return podman("exec", container, "python3", "-c", script).stdout
-
-
-def test_extensions_from_a_derived_image_and_from_a_mount(images: Images, names: str, tmp_path: Path) -> None:
-    """docs/containers.md's two ways to add APP_EXTENSIONS, with examples/room_list.py."""
-    dockerfile = doc_block("FROM livekit-tornado-app-server").replace(
-        "livekit-tornado-app-server", images.server, 1
-    )
-    dockerfile = dockerfile.replace("my_auth", "room_list")
-    (tmp_path / "Dockerfile").write_text(dockerfile)
-    (tmp_path / "room_list.py").write_text((PROJECT_DIR / "examples" / "room_list.py").read_text())
-    derived = f"localhost/{names}-derived:1"
-    try:
-        podman("build", "--format", "docker", "--tag", derived, str(tmp_path), timeout=300)
-        built = ServerContainer(derived, f"{names}-derived", f"{names}-data-1").start()
-        mounted = ServerContainer(images.server, f"{names}-mounted", f"{names}-data-2")
-        mount = re.search(r'`-v "\$PWD/my_extensions:(\S+)" -e (\S+)`', CONTAINERS_DOC.read_text())
-        assert mount, "the mount example"
-        inside, environment = mount.groups()
-        volume = f"{PROJECT_DIR / 'examples'}:{inside.replace('my_extensions', 'examples')}"
-        environment = environment.replace("my_extensions.auth", "examples.room_list")
-        podman(
-            "run", "--detach", "--name", mounted.name, "--publish", f"127.0.0.1:{mounted.port}:6080",
-            "--volume", f"{mounted.volume}:/data", "--volume", volume, "--env", environment, images.server,
-        )  # fmt: skip
-        wait_healthy(mounted.name)
-        for server in (built, mounted):
-            # The extension's route answers (404 without it): LiveKit is not running here.
-            status, answer = get(server.url + "/example/rooms")
-            assert status == 503 and "LiveKit cannot be reached" in answer["errorMessage"], answer
-    finally:
-        containers.remove_everything_named(names)
-        podman("rmi", "--force", derived, check=False)
-
-
 def test_the_https_layout_with_two_instances(
     images: Images, names: str, browser: Any, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -390,7 +177,7 @@ def test_the_https_layout_with_two_instances(
     as written, with 127.0.0.1 as the LAN address: the page over HTTPS with Caddy's CA, a
     room joined through wss://, events from either instance, tokens from both."""
     skip_if_dotenv_overrides_them()
-    caddy = containers.caddy_image(images.base, report_line(request))
+    caddy = caddy_image(images.base, report_line(request))
     require("caddy", caddy is not None, "install Debian's caddy (`make system-packages` as root)")
     assert caddy is not None
     lan_file, more_file, caddyfile = (
@@ -446,10 +233,10 @@ def test_the_https_layout_with_two_instances(
         .replace("compose.more.yaml", str(more_file))
     )
     as_here = as_here.replace(
-        " up", f" -f {COMPOSE_OVERRIDE} -f tests/local_images/compose.local-lan.yaml up", 1
+        " up", f" -f {COMPOSE_OVERRIDE} -f tests/containers/local_images/compose.local-lan.yaml up", 1
     )
     result = subprocess.run(
-        ["bash", "-c", as_here], cwd=PROJECT_DIR, env=containers.environment(**settings),
+        ["bash", "-c", as_here], cwd=PROJECT_DIR, env=environment(**settings),
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, f"{as_here}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

@@ -1,18 +1,18 @@
-"""Podman for the container tests: the commands, and local stand-ins for the public images.
+"""Local stand-ins for the public images that the Dockerfile and compose.yaml name.
 
-No container registry is reachable here, so the tests build what compose.yaml and the
-Dockerfile name from what the machine has: a Debian base made with debootstrap from the apt
-source the machine uses, imported with `podman import` (for python:*-slim); this machine's
-node and npm on it (for node:*-slim, which only runs `npm ci`); the pinned livekit-server
-binary (for livekit/livekit-server); Debian's redis-server (for redis). Each is tagged by a
+No container registry is reachable here, so the tests build them from what the machine has:
+a Debian base made with debootstrap from the apt source the machine uses, imported with
+`podman import` (for python:*-slim); this machine's node and npm on it (for node:*-slim,
+which only runs `npm ci`); the pinned livekit-server binary (for livekit/livekit-server);
+Debian's redis-server (for redis); this machine's Caddy (for caddy). Each is tagged by a
 hash of its inputs and kept, with the base's root filesystem, under tools/containers, so a
-second run (the other Python of `.ci/run`) reuses them.
+second run (the other Python of `.ci/run`) reuses them. The Containerfiles are in
+local_images/.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -21,103 +21,16 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from config import PROJECT_DIR
+from tests.containers.podman import CACHE_DIR, PREFIX, environment, inspect, podman
 
-CACHE_DIR = PROJECT_DIR / "tools" / "containers"
-LOCAL_IMAGES = PROJECT_DIR / "tests" / "local_images"
-# Every container, volume and network the tests create is named with it.
-PREFIX = "lkapptest"
-# podman 4.3 on this kind of VM: crun fails on the file limit and the hybrid cgroups.
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
-
-[engine]
-runtime = "runc"
-"""
+LOCAL_IMAGES = Path(__file__).parent / "local_images"
 # What python:*-slim gives the Dockerfile: python3 with its venv module, CA certificates.
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
-HOW_TO_GET = "install Debian's podman, runc, podman-compose and debootstrap (`make system-packages` as root)"
-
-
-def missing_tools() -> list[str]:
-    """What the container tests need and this machine lacks (root: podman here is rootful)."""
-    missing = [tool for tool in ("podman", "runc", "podman-compose", "debootstrap") if not _which(tool)]
-    if os.geteuid() != 0:
-        missing.append("root (debootstrap and rootful podman)")
-    return missing
-
-
-def _which(tool: str) -> str | None:
-    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
-
-
-def environment(**extra: str) -> dict[str, str]:
-    """The environment for podman and podman-compose: containers.conf, Dockerfile format
-    (podman's default OCI format drops HEALTHCHECK)."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    conf = CACHE_DIR / "containers.conf"
-    if not conf.exists() or conf.read_text() != CONTAINERS_CONF:
-        conf.write_text(CONTAINERS_CONF)
-    env = {**os.environ, "CONTAINERS_CONF": str(conf), "BUILDAH_FORMAT": "docker", **extra}
-    env["PATH"] = env.get("PATH", "") + ":/usr/sbin:/sbin"
-    return env
-
-
-def podman(
-    *args: str, check: bool = True, timeout: float = 120, **run: Any
-) -> subprocess.CompletedProcess[str]:
-    """`podman args...`; its output as text. Fails with podman's own words when `check`."""
-    result = subprocess.run(
-        ["podman", *args], env=environment(), capture_output=True, text=True, timeout=timeout, **run
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"podman {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}"
-        )
-    return result
-
-
-def inspect(name: str, template: str, kind: str = "container") -> str:
-    return podman(kind, "inspect", "--format", template, name).stdout.strip()
-
-
-def remove_everything_named(prefix: str) -> None:
-    """Every container (with its anonymous volumes), pod, volume and network whose name
-    starts with `prefix`: the tests' own, whatever state a failure left them in."""
-    for kind, listing in (
-        ("container", ["ps", "-a", "--format", "{{.Names}}"]),
-        ("pod", ["pod", "ps", "--format", "{{.Name}}"]),
-        ("volume", ["volume", "ls", "--format", "{{.Name}}"]),
-        ("network", ["network", "ls", "--format", "{{.Name}}"]),
-    ):
-        names = [name for name in podman(*listing, check=False).stdout.split() if name.startswith(prefix)]
-        if not names:
-            continue
-        if kind == "container":
-            podman("rm", "--force", "--volumes", "--time", "0", *names, check=False)
-        else:
-            podman(kind, "rm", "--force", *names, check=False)
-
-
-@contextlib.contextmanager
-def cache_lock() -> Iterator[None]:
-    """One test session at a time builds, runs and sweeps (podman is shared by the machine)."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_DIR / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-# --- the local stand-ins -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -261,7 +174,7 @@ def base_image(log: Any) -> str:
 
 
 def _stand_in(name: str, base: str, files: dict[str, Path], log: Any) -> str:
-    """A stand-in image built from tests/local_images/<name>.Containerfile on the base,
+    """A stand-in image built from local_images/<name>.Containerfile on the base,
     with `files` (name in the build context -> where it is here) copied in."""
     containerfile = LOCAL_IMAGES / f"{name}.Containerfile"
     key = _digest(
