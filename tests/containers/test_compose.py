@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from ground.config import PROJECT_DIR
 from dev.livekit_server import free_port
+from ground.config import PROJECT_DIR
 from tests.conftest import require
 from tests.containers.podman import (
     CONTAINERS_DOC,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ground.config import PROJECT_DIR
 from dev.livekit_server import free_port
+from ground.config import PROJECT_DIR
 from tests.conftest import post_webhook, request_token, token_claims, webhook_event
 from tests.containers.podman import (
     CONTAINERS_DOC,
