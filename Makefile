@@ -42,6 +42,7 @@ lint: setup-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 setup: $(VENV)/.runtime node_modules/.installed
 
@@ -66,9 +67,10 @@ node_modules/.installed: package.json package-lock.json
 
 # Debian's chromium (browser tests), redis-server (shared event log), wrk (bench), nginx and
 # caddy (tests behind a proxy; openssl makes their certificate; caddy also serves
-# `make run-lan`), certutil (libnss3-tools: Chromium trusting run-lan's local CA) and zbarimg
-# (zbar-tools: the LAN tests read QR codes back), installed when missing and when we may;
-# otherwise the tests say what is missing.
+# `make run-lan`), certutil (libnss3-tools: Chromium trusting run-lan's local CA), zbarimg
+# (zbar-tools: the LAN tests read QR codes back), and podman, runc, podman-compose,
+# debootstrap and aardvark-dns (service names) for the container tests, installed when
+# missing and when we may; otherwise the tests say what is missing.
 system-packages:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -79,6 +81,11 @@ system-packages:
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v certutil >/dev/null || missing="$$missing libnss3-tools"; \
 	command -v zbarimg >/dev/null || missing="$$missing zbar-tools"; \
+	command -v podman >/dev/null || missing="$$missing podman"; \
+	command -v runc >/dev/null || missing="$$missing runc"; \
+	command -v podman-compose >/dev/null || missing="$$missing podman-compose"; \
+	command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
+	[ -x /usr/lib/podman/aardvark-dns ] || command -v aardvark-dns >/dev/null || missing="$$missing aardvark-dns"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "Installing Debian packages:$$missing"; \

@@ -15,29 +15,30 @@ from typing import Any
 import jwt
 import tornado.httpserver
 import tornado.web
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from livekit.api import LiveKitAPI
 from tornado.netutil import bind_sockets
 
-from config import PROJECT_DIR, Config, ConfigError
-from connections import Listener, default_max_connections, open_file_limit
 from eventlog import EventLog, open_event_log
 from extensions import Extensions, load_extensions
 from extensions.app import AppContext, SharedLiveKitAPI
 from extensions.authorize import Step
 from extensions.events import EventHandlerRunner, WakeOnAppend, open_feed
+from ground.config import PROJECT_DIR, Config, ConfigError
+from ground.connections import Listener, default_max_connections, open_file_limit
 from handlers import events, pages, token, webhook
 from handlers import rooms as rooms_handlers
-from handlers.base import NotFoundHandler, log_request
-from handlers.bodies import Application
-from handlers.broadcast import Broadcaster
 from handlers.events import CLOSE_GOING_AWAY
-from handlers.metrics import Metrics, listen_metrics, metrics_routes
-from handlers.observe import request_id_transform, setup_logging
+from handlers.metrics import listen_metrics, metrics_routes
 from handlers.openapi import OPENAPI_FILE, OpenApiHandler
 from handlers.pages import StaticFileHandler
-from handlers.token_rules import BUILT_IN
-from rooms import Rooms, open_rooms_livekit_api
+from handlers.support.application import make_application
+from handlers.support.base import tracked_rule
+from handlers.support.broadcast import Broadcaster
+from handlers.support.metrics import Metrics
+from handlers.support.observe import setup_logging
+from handlers.support.token_rules import BUILT_IN
+from rooms import Rooms
+from rooms.livekit import open_livekit_api, open_rooms_livekit_api
 
 log = logging.getLogger("server")
 
@@ -68,7 +69,7 @@ def make_app(
     broadcaster = Broadcaster()  # the one owner of the event sockets; the store tells it what is new
     event_log.add_listener(broadcaster)
     # Extensions get a client of their own (its own pool): their calls and ours never wait for each other.
-    app_context = AppContext(config, event_log, SharedLiveKitAPI(config))
+    app_context = AppContext(config, event_log, SharedLiveKitAPI(lambda: open_livekit_api(config)))
     runner = (
         EventHandlerRunner(list(extensions.event_handlers), open_feed(config, event_log), app_context)
         if extensions.event_handlers
@@ -85,19 +86,18 @@ def make_app(
     )
     # Each module's routes, tried in order: the busiest endpoint first; extensions' last.
     routes: list[Any] = [
-        *token.routes(config, authorize),
+        *token.routes(config, authorize, app_context),
         *webhook.routes(config, event_log),
-        *pages.routes(event_log, broadcaster),
+        *pages.routes(event_log, broadcaster, runner, rooms.directory),
         *events.routes(event_log, broadcaster),
-        *rooms_handlers.routes(),
+        *rooms_handlers.routes(rooms, livekit_api, event_log),
         *metrics_routes(config, metrics),
         (r"/openapi\.json", OpenApiHandler, {"document": OPENAPI_FILE.read_bytes()}),
     ]
-    routes += extensions.routes(app_context, [str(route[0]) for route in routes])
-    jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
-    return Application(
+    routes += map(tracked_rule, extensions.routes(app_context, [str(route[0]) for route in routes]))
+    return make_application(
+        config,
         routes,
-        config=config,
         event_log=event_log,
         broadcaster=broadcaster,
         livekit_api=livekit_api,
@@ -105,14 +105,9 @@ def make_app(
         extensions=extensions,
         app_context=app_context,
         event_handlers=runner,
-        jinja=jinja,
         static_path=str(PROJECT_DIR / "static"),
         static_handler_class=StaticFileHandler,
-        default_handler_class=NotFoundHandler,
-        log_function=log_request,
-        transforms=[request_id_transform(config)],
         metrics=metrics,
-        requests_in_flight=set(),
         websocket_ping_interval=20,
         websocket_ping_timeout=20,
         websocket_max_message_size=4096,
@@ -195,7 +190,7 @@ async def main(config: Config, extensions: Extensions | None = None) -> None:
         ) from None
     # xheaders: X-Real-Ip / X-Forwarded-For become the client address, only behind a trusted proxy.
     # idle_connection_timeout also bounds the time to send a request's headers (slow senders);
-    # handlers/bodies.py bounds the bodies.
+    # handlers/support/bodies.py bounds the bodies.
     server = tornado.httpserver.HTTPServer(
         app,
         max_body_size=MAX_BODY_BYTES,

@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 import jwt
 from livekit.api import AccessToken
 
-from config import PROJECT_DIR
 from dev.livekit_server import free_port
+from ground.config import PROJECT_DIR
 
 BENCH_DIR = PROJECT_DIR / "bench"
 # Two cores: the server under test on one, the load generator and clients on the other.

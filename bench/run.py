@@ -246,8 +246,10 @@ def metrics_work_microseconds(load: str) -> float:
 
     import tornado.httputil
 
-    from config import Config
-    from handlers.observe import timed_store
+    from eventlog import open_event_log
+    from extensions import Extensions
+    from ground.config import Config
+    from handlers.support.observe import timed_store
     from handlers.token import TokenHandler
     from handlers.webhook import WebhookHandler
     from server import make_app
@@ -256,7 +258,8 @@ def metrics_work_microseconds(load: str) -> float:
         def set_close_callback(self, callback: object) -> None:
             pass
 
-    app = make_app(Config(events_db=":memory:"))
+    config = Config(events_db=":memory:")
+    app = make_app(config, open_event_log(config), None, Extensions())
     path = "/token" if load == "/token" else "/livekit/webhook"
     request = tornado.httputil.HTTPServerRequest(
         start_line=tornado.httputil.RequestStartLine("POST", path, "HTTP/1.1"),
@@ -266,7 +269,9 @@ def metrics_work_microseconds(load: str) -> float:
     metrics = app.settings["metrics"]
     number = 20_000
     if load == "/token":
-        handler: Any = TokenHandler(app, request, rate_limiter=None)
+        handler: Any = TokenHandler(
+            app, request, rate_limiter=None, steps=(), app_context=app.settings["app_context"]
+        )
         handler.log_fields = {"shape": "openvidu", "room": "bench-room", "identity": "alice"}
 
         def work() -> None:

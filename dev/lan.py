@@ -35,8 +35,8 @@ import qrcode
 from dotenv import dotenv_values
 
 import server
-from config import PROJECT_DIR, Config, ConfigError
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, is_listening
+from ground.config import PROJECT_DIR, Config, ConfigError
 
 log = logging.getLogger("dev.lan")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config import PROJECT_DIR
+from ground.config import PROJECT_DIR
 
 LIVEKIT_BIN = PROJECT_DIR / "tools" / "bin" / "livekit-server"
 HOW_TO_GET = (

@@ -7,9 +7,9 @@ import logging
 import os
 
 import server
-from config import Config, ConfigError
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, is_listening
-from handlers.observe import setup_logging
+from ground.config import Config, ConfigError
+from handlers.support.observe import setup_logging
 
 DEFAULT_LIVEKIT_URL = "ws://localhost:7880"
 log = logging.getLogger("dev.run")

@@ -16,7 +16,7 @@ from datetime import timedelta
 import jwt
 from livekit.api import AccessToken
 
-from config import Config
+from ground.config import Config
 
 
 def main() -> None:

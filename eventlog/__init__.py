@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from config import Config
 from eventlog.base import START, Entry, EventLog, Listener, Page, StoreUnavailable
+from ground.config import Config
 
 __all__ = ["START", "Entry", "EventLog", "Listener", "Page", "StoreUnavailable", "open_event_log"]
 

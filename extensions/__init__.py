@@ -10,7 +10,7 @@ exports:
         TokenRequest, with the HTTP headers and cookies). Return the grant to mint,
         changed or not (identity, name, metadata, attributes, permissions in
         `grant.video`, ttl), or `raise Refuse(401 or 403, "message")`. The built-in rules
-        (handlers/token_rules.py: TOKEN_AUTH_SECRET, TOKEN_CLIENT_FIELDS,
+        (handlers/support/token_rules.py: TOKEN_AUTH_SECRET, TOKEN_CLIENT_FIELDS,
         TOKEN_ROOM_CONFIG_FIELDS, ROOM_NAME_PATTERN, NAME_MAX_LENGTH, generated names)
         run first; then every module's authorize, in APP_EXTENSIONS order, each given the
         previous one's grant.
@@ -43,7 +43,7 @@ from extensions.authorize import Authorize, Grant, Refuse, TokenRequest
 from extensions.events import EventContext, EventHandler
 from extensions.loader import ExtensionError, Extensions, load_extensions
 from extensions.routes import Route, RoutesFactory
-from handlers.base import ApiError
+from ground.errors import ApiError
 
 __all__ = [
     "ApiError",

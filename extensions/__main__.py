@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from config import Config, ConfigError
 from eventlog import StoreUnavailable, open_event_log
 from extensions.events import open_feed
+from ground.config import Config, ConfigError
 
 
 class StoreProblem(Exception):

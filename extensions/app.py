@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from livekit.api import LiveKitAPI
 
-from config import Config
 from eventlog import EventLog
-from rooms.livekit import open_livekit_api
+from ground.config import Config
 
 
 class SharedLiveKitAPI:
     """The extensions' livekit-api client (one HTTP connection pool of its own, every
-    request within LIVEKIT_TIMEOUT): made at start-up inside the event loop (aiohttp
-    needs a running loop), or on first use; closed at shutdown."""
+    request within LIVEKIT_TIMEOUT): made by `open_client` at start-up inside the event
+    loop (aiohttp needs a running loop), or on first use; closed at shutdown. server.py
+    passes it in: the domain below it does not open clients of its own."""
 
-    def __init__(self, config: Config, client: LiveKitAPI | None = None) -> None:
-        self._config = config
+    def __init__(self, open_client: Callable[[], LiveKitAPI], client: LiveKitAPI | None = None) -> None:
+        self._open_client = open_client
         self._client = client
 
     def get(self) -> LiveKitAPI:
         if self._client is None:
             asyncio.get_running_loop()  # fail here, clearly, outside the loop
-            self._client = open_livekit_api(self._config)
+            self._client = self._open_client()
         return self._client
 
     async def aclose(self) -> None:

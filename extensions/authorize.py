@@ -15,6 +15,8 @@ from livekit.api import VideoGrants
 from livekit.protocol.room import RoomConfiguration
 from tornado.httputil import HTTPHeaders, parse_cookie
 
+from ground.credentials import bearer_credential
+
 if TYPE_CHECKING:
     from extensions.app import AppContext
 
@@ -77,8 +79,7 @@ class TokenRequest:
     @property
     def bearer_token(self) -> str:
         """The credential of `Authorization: Bearer <credential>`, or "" when there is none."""
-        scheme, _, credential = self.headers.get("Authorization", "").partition(" ")
-        return credential.strip() if scheme.lower() == "bearer" else ""
+        return bearer_credential(self.headers.get("Authorization", ""))
 
     def field_name(self, item: str) -> str:
         """The request field that holds `item` in this shape, for error messages."""

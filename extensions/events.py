@@ -27,11 +27,11 @@ from google.protobuf.json_format import ParseDict, ParseError
 from google.protobuf.message import Message
 from livekit.api import WebhookEvent
 
-from config import Config
 from eventlog import Entry, EventLog
 from extensions.app import AppContext
 from extensions.feed import Delivery, Feed
-from handlers.logsafe import printable, quoted
+from ground.config import Config
+from ground.logsafe import printable, quoted
 
 log = logging.getLogger("extensions.events")
 COUNT_SECONDS = 2.0  # how often the parked counts are read from the store again

@@ -15,11 +15,11 @@ from typing import Any
 
 import tornado.routing
 
-from config import ConfigError
 from extensions.app import AppContext
 from extensions.authorize import Step
 from extensions.events import HandlerSpec
 from extensions.routes import RouteError, RoutesFactory, checked_rule
+from ground.config import ConfigError
 
 Setup = Callable[[AppContext], "Awaitable[None] | None"]
 
@@ -41,7 +41,7 @@ class Extensions:
     setups: tuple[tuple[str, Setup], ...] = ()
 
     def routes(self, app: AppContext, taken: list[str]) -> list[tornado.routing.Rule]:
-        """Every module's routes, checked, their handlers tracked for graceful shutdown.
+        """Every module's routes, checked (server.py tracks their handlers for graceful shutdown).
         `taken`: the patterns served already; a route they would shadow is an error."""
         rules: list[tornado.routing.Rule] = []
         served = [re.compile(pattern if pattern.endswith("$") else pattern + "$") for pattern in taken]

@@ -1,6 +1,6 @@
-"""Extension routes: plain Tornado rules. Under each handler class goes handlers/base.py's
-Tracked (a graceful shutdown waits for it, errors are JSON, its body is bounded),
-whatever base class the adopter chose."""
+"""Extension routes: plain Tornado rules, checked here. server.py puts handlers/support/base.py's
+Tracked under each handler class (a graceful shutdown waits for it, errors are JSON, its
+body is bounded), whatever base class the adopter chose."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.routing
 import tornado.web
-import tornado.websocket
-
-from handlers.base import Tracked
 
 if TYPE_CHECKING:
     from extensions.app import AppContext
@@ -29,7 +26,7 @@ class RouteError(ValueError):
 
 
 def checked_rule(route: Any) -> tornado.routing.Rule:
-    """A Tornado rule from `(pattern, Handler[, kwargs[, name]])` or a Rule, its handler tracked."""
+    """A Tornado rule from `(pattern, Handler[, kwargs[, name]])` or a Rule."""
     if isinstance(route, tornado.routing.Rule):
         rule = route
     elif isinstance(route, (tuple, list)) and 2 <= len(route) <= 4 and isinstance(route[0], str):
@@ -41,20 +38,4 @@ def checked_rule(route: Any) -> tornado.routing.Rule:
             raise RouteError(f"{route[0]!r} is not a valid route: {error}") from None
     else:
         raise RouteError(f"each route is (pattern, HandlerClass[, kwargs]), not {route!r}")
-    if isinstance(rule.target, type) and issubclass(rule.target, tornado.web.RequestHandler):
-        rule.target = tracked(rule.target)
     return rule
-
-
-def tracked(handler_class: type[tornado.web.RequestHandler]) -> type[tornado.web.RequestHandler]:
-    """The adopter's class first (their methods win), the server's tracking underneath.
-    WebSocket handlers are left as they are: shutdown closes their connections."""
-    if issubclass(handler_class, (Tracked, tornado.websocket.WebSocketHandler)):
-        return handler_class
-    if handler_class is tornado.web.RequestHandler:
-        return Tracked
-    return type(
-        handler_class.__name__,
-        (handler_class, Tracked),
-        {"__module__": handler_class.__module__, "__qualname__": handler_class.__qualname__},
-    )

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-from http import HTTPStatus
-from typing import Any
 
-import orjson
 import tornado.httputil
 import tornado.websocket
 from tornado.iostream import StreamClosedError
 
-from config import Config
 from eventlog import Entry, EventLog, StoreUnavailable
-from handlers.base import ApiError, Handler, Route
-from handlers.broadcast import (
+from ground.config import Config
+from ground.credentials import bearer_credential, secret_matches
+from ground.errors import ApiError
+from handlers.support.base import Handler, JsonErrors, Route
+from handlers.support.broadcast import (
     Broadcaster,
     Frame,
     frame_data,
@@ -27,8 +25,8 @@ from handlers.broadcast import (
     page_notice,
     unknown_cursor_notice,
 )
-from handlers.observe import frame_sent, socket_closed, timed_store
-from handlers.origins import UNKNOWN_HOST, EveryOriginChecked, known_host, same_origin
+from handlers.support.observe import frame_sent, socket_closed, timed_store
+from handlers.support.origins import UNKNOWN_HOST, EveryOriginChecked, known_host, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +57,11 @@ def check_events_credential(config: Config, request: tornado.httputil.HTTPServer
         if config.app_env == "production":
             raise ApiError(403, "The event stream is off: in production it needs EVENTS_AUTH_SECRET")
         return
-    offered = request.headers.get("Authorization", "")
-    given = offered[7:].strip() if offered[:7].lower() == "bearer " else ""
+    given = bearer_credential(request.headers.get("Authorization", ""))
     if not given:
         protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
         given = next((p[len(BEARER_PROTOCOL) :] for p in protocols if p.startswith(BEARER_PROTOCOL)), "")
-    if not given or not hmac.compare_digest(given.encode(), secret.encode()):
+    if not secret_matches(given, secret):
         raise ApiError(
             401,
             "The event stream needs Authorization: Bearer <EVENTS_AUTH_SECRET> "
@@ -77,7 +74,7 @@ class _Closed(Exception):
     """The socket went away (or was closed as too slow) during the replay."""
 
 
-class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler):
+class EventsSocketHandler(EveryOriginChecked, JsonErrors, tornado.websocket.WebSocketHandler):
     """Replays what the event log holds, then relays what the broadcaster fans out."""
 
     def initialize(self, event_log: EventLog, broadcaster: Broadcaster) -> None:
@@ -102,14 +99,6 @@ class EventsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler
         check_events_credential(self.settings["config"], self.request)
         # Before the upgrade: a `since` that is not UTF-8 gets a 400 here, not an aborted socket.
         self.since = self.get_query_argument("since", None) or None
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        error = kwargs.get("exc_info", (None, None, None))[1]
-        message = error.message if isinstance(error, ApiError) else HTTPStatus(status_code).phrase
-        for name, value in getattr(error, "headers", {}).items():
-            self.set_header(name, value)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(orjson.dumps({"errorMessage": message}))
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
@@ -265,7 +254,7 @@ class EventHistoryHandler(Handler):
         check_events_credential(self.config, self.request)
 
     async def get(self) -> None:
-        if not known_host(self.request, self.config):  # DNS rebinding: see handlers/origins.py
+        if not known_host(self.request, self.config):  # DNS rebinding: see handlers/support/origins.py
             raise ApiError(403, UNKNOWN_HOST)
         since = self.get_query_argument("since", None) or None
         raw_limit = self.get_query_argument("limit", "100")

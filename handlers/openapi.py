@@ -3,8 +3,8 @@ frames, kept in docs/openapi.json (tests/test_openapi.py holds real answers agai
 
 from __future__ import annotations
 
-from config import PROJECT_DIR
-from handlers.base import Handler
+from ground.config import PROJECT_DIR
+from handlers.support.base import Handler
 
 OPENAPI_FILE = PROJECT_DIR / "docs" / "openapi.json"
 

@@ -6,13 +6,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import tornado.web
-from jinja2 import Environment
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from config import PROJECT_DIR
 from eventlog import EventLog
-from handlers.base import Handler, Route
-from handlers.broadcast import Broadcaster
-from rooms.access import page_admin_mode
+from extensions.events import EventHandlerRunner
+from ground.config import PROJECT_DIR
+from handlers.support.admin_access import page_admin_mode
+from handlers.support.base import Handler, Route
+from handlers.support.broadcast import Broadcaster
+from rooms.directory import RoomDirectory
 
 
 def content_security_policy(livekit_url: str) -> str:
@@ -37,10 +39,12 @@ class IndexHandler(Handler):
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("X-Frame-Options", "DENY")
 
+    def initialize(self, jinja: Environment) -> None:
+        self.jinja = jinja
+
     def get(self) -> None:
-        environment: Environment = self.settings["jinja"]
-        config = self.settings["config"]
-        page = environment.get_template("index.html").render(
+        config = self.config
+        page = self.jinja.get_template("index.html").render(
             livekit_url=config.livekit_url,
             static_url=self.static_url,
             admin_api=page_admin_mode(config, self.request),
@@ -56,9 +60,17 @@ class HealthHandler(Handler):
     """Liveness and readiness: non-200 while the event store is down, for load balancers.
     Says which store and whether it works; why it does not is in the log, not here."""
 
-    def initialize(self, event_log: EventLog, broadcaster: Broadcaster) -> None:
+    def initialize(
+        self,
+        event_log: EventLog,
+        broadcaster: Broadcaster,
+        event_handlers: EventHandlerRunner | None,
+        directory: RoomDirectory | None,
+    ) -> None:
         self.event_log = event_log
         self.broadcaster = broadcaster
+        self.event_handlers = event_handlers
+        self.directory = directory
 
     def get(self) -> None:
         store: dict[str, Any] = self.event_log.health()  # {"store", "ok"}: no error text
@@ -68,15 +80,14 @@ class HealthHandler(Handler):
             "eventStore": store,
             "sockets": self.broadcaster.count,
         }
-        if self.settings.get("event_handlers"):  # parked events are counted, not a failure
-            health["eventHandlers"] = self.settings["event_handlers"].health()
-        rooms = self.settings.get("rooms")
-        if rooms is not None:
+        if self.event_handlers:  # parked events are counted, not a failure
+            health["eventHandlers"] = self.event_handlers.health()
+        if self.directory is not None:
             # LiveKit unreachable is reported, not a failure of this server (tokens still work);
             # a background task that is down makes it "degraded" (still 200: see the docs).
-            directory = rooms.directory.health()
-            health["rooms"] = directory
-            if directory["down"] and store["ok"]:
+            rooms = self.directory.health()
+            health["rooms"] = rooms
+            if rooms["down"] and store["ok"]:
                 health["status"] = "degraded"
         self.write_json(health, status=status)
 
@@ -99,12 +110,24 @@ class VendorFileHandler(StaticFileHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
 
 
-def routes(event_log: EventLog, broadcaster: Broadcaster) -> list[Route]:
+def routes(
+    event_log: EventLog,
+    broadcaster: Broadcaster,
+    event_handlers: EventHandlerRunner | None,
+    directory: RoomDirectory | None = None,
+) -> list[Route]:
     """The demo page, health, and the npm packages the page loads from this origin."""
     vendor = PROJECT_DIR / "node_modules"
+    jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
+    health = {
+        "event_log": event_log,
+        "broadcaster": broadcaster,
+        "event_handlers": event_handlers,
+        "directory": directory,
+    }
     return [
-        (r"/", IndexHandler),
-        (r"/healthz", HealthHandler, {"event_log": event_log, "broadcaster": broadcaster}),
+        (r"/", IndexHandler, {"jinja": jinja}),
+        (r"/healthz", HealthHandler, health),
         (
             r"/vendor/livekit-client/(.*)",
             VendorFileHandler,

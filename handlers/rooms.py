@@ -30,12 +30,15 @@ from livekit.protocol.room import (
 from tornado.iostream import StreamClosedError
 
 from eventlog import EventLog, StoreUnavailable
-from handlers.base import ApiError, Handler, Route
-from handlers.origins import EveryOriginChecked, same_origin
+from ground.credentials import bearer_credential, secret_matches
+from ground.errors import ApiError
+from handlers.support.admin_access import admin_api_off, admin_caller, is_own_page_request
+from handlers.support.base import Handler, JsonErrors, Route
+from handlers.support.livekit_answers import room_service
+from handlers.support.observe import timed_store
+from handlers.support.origins import EveryOriginChecked, same_origin
 from rooms import Rooms
-from rooms.access import admin_api_off, admin_caller, is_own_page_request, secret_matches
 from rooms.bans import MAX_BAN_SECONDS, BansUnavailable
-from rooms.livekit import room_service
 from rooms.names import nfc
 from rooms.shapes import JsonObject, participant_json, room_json, track_json
 
@@ -60,17 +63,14 @@ SOURCE_VALUES: dict[str, Any] = {source: TrackSource.Value(source.upper()) for s
 class AdminHandler(Handler):
     """Base of the admin endpoints: access first, then an optional JSON body."""
 
+    metrics_label = "admin"  # what /metrics counts it as (handlers/support/metrics.py)
+    body_optional = True  # an action without options may come without a body
     max_body_bytes = 64 * 1024
 
     def prepare(self) -> None:
         self.caller = admin_caller(self.config, self.request)
         self.log_fields = {"by": self.caller}
-        if self.request.body:
-            if len(self.request.body) > self.max_body_bytes:
-                raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
-            media_type = self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-            if media_type != "application/json":
-                raise ApiError(415, "Content-Type must be application/json")
+        super().prepare()
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         return nfc(super().decode_argument(value, name))  # rooms and identities, as /token spells them
@@ -78,13 +78,14 @@ class AdminHandler(Handler):
     def body(self) -> dict[str, Any]:
         return self.json_object() if self.request.body else {}
 
-    @property
-    def rooms(self) -> Rooms:
-        return self.settings["rooms"]
+    def initialize(self, rooms: Rooms, livekit_api: LiveKitAPI | None, event_log: EventLog) -> None:
+        self.rooms = rooms
+        self.livekit_api = livekit_api
+        self.event_log = event_log
 
     @property
     def livekit(self) -> LiveKitAPI:
-        client: LiveKitAPI | None = self.settings["livekit_api"]
+        client = self.livekit_api
         if client is None:
             raise ApiError(503, "This server has no LiveKit API client (make_app was given none)")
         return client
@@ -110,9 +111,9 @@ class AdminHandler(Handler):
             **parts,
             "admin": {"by": self.caller, "from": self.request.remote_ip, **details},
         }
-        event_log: EventLog = self.settings["event_log"]
         try:
-            await event_log.append(event["id"], int(now * 1000), orjson.dumps(event).decode())
+            record = self.event_log.append(event["id"], int(now * 1000), orjson.dumps(event).decode())
+            await timed_store(self, "append", record)  # timed like a webhook's append
         except StoreUnavailable as error:
             # The action happened and is answered as done; the record of it is what failed.
             log.error(
@@ -316,13 +317,15 @@ class BanHandler(AdminHandler):
         self.write_json({"lifted": identity, "room": room})
 
 
-class RoomsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler):
+class RoomsSocketHandler(EveryOriginChecked, JsonErrors, tornado.websocket.WebSocketHandler):
     """WS /live/rooms: the room directory, a snapshot first, then each change. With
     ADMIN_SECRET set, the first message must be `{"authorization": "Bearer <secret>"}`
     (browsers cannot set headers on a WebSocket), unless the upgrade carried it."""
 
+    def initialize(self, rooms: Rooms) -> None:
+        self.directory = rooms.directory
+
     def prepare(self) -> None:
-        self.directory = self.settings["rooms"].directory
         self.subscribed = False
         self.waiting = 0
         config = self.settings["config"]
@@ -332,18 +335,12 @@ class RoomsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler)
                 try:
                     admin_caller(config, self.request)
                 except ApiError as error:
-                    self._refuse(error.status_code, error.message)
-                    return
+                    raise ApiError(error.status_code, error.message) from None  # without WWW-Authenticate
                 self.authorized = True
         elif config.app_env == "development" and is_own_page_request(self.request, config, websocket=True):
             self.authorized = True
         else:
-            self._refuse(404, admin_api_off(config))
-
-    def _refuse(self, status: int, message: str) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(orjson.dumps({"errorMessage": message}))
+            raise ApiError(404, admin_api_off(config))
 
     def check_origin(self, origin: str) -> bool:
         return same_origin(origin, self.request, self.settings["config"])
@@ -369,10 +366,10 @@ class RoomsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler)
             given = orjson.loads(message).get("authorization", "")
         except (orjson.JSONDecodeError, AttributeError):
             given = ""
-        scheme, _, secret = given.partition(" ") if isinstance(given, str) else ("", "", "")
-        if scheme.lower() != "bearer" or not secret:
+        secret = bearer_credential(given) if isinstance(given, str) else ""
+        if not secret:
             self.close(CLOSE_NO_CREDENTIAL, 'Send {"authorization": "Bearer <ADMIN_SECRET>"} first')
-        elif not secret_matches(self.settings["config"], secret.strip()):
+        elif not secret_matches(secret, self.settings["config"].admin_secret):
             self.close(CLOSE_NOT_ALLOWED, "Wrong admin secret")
         else:
             self._subscribe()
@@ -393,15 +390,16 @@ class RoomsSocketHandler(EveryOriginChecked, tornado.websocket.WebSocketHandler)
         self.directory.unsubscribe(self)
 
 
-def routes() -> list[Route]:
-    """The admin API; its handlers take the rooms' parts from the app's settings."""
+def routes(rooms: Rooms, livekit_api: LiveKitAPI | None, event_log: EventLog) -> list[Route]:
+    """The admin API and WS /live/rooms. `livekit_api`: None answers 503 (make_app was given none)."""
+    parts = {"rooms": rooms, "livekit_api": livekit_api, "event_log": event_log}
     return [
-        (r"/rooms/?", RoomsHandler),
-        (r"/live/rooms", RoomsSocketHandler),
-        (r"/rooms/([^/]+)/?", RoomHandler),
-        (r"/rooms/([^/]+)/participants/([^/]+)/?", ParticipantHandler),
-        (r"/rooms/([^/]+)/participants/([^/]+)/remove", RemoveHandler),
-        (r"/rooms/([^/]+)/participants/([^/]+)/mute", MuteHandler),
-        (r"/rooms/([^/]+)/bans/?", BansHandler),
-        (r"/rooms/([^/]+)/bans/([^/]+)", BanHandler),
+        (r"/rooms/?", RoomsHandler, parts),
+        (r"/live/rooms", RoomsSocketHandler, {"rooms": rooms}),
+        (r"/rooms/([^/]+)/?", RoomHandler, parts),
+        (r"/rooms/([^/]+)/participants/([^/]+)/?", ParticipantHandler, parts),
+        (r"/rooms/([^/]+)/participants/([^/]+)/remove", RemoveHandler, parts),
+        (r"/rooms/([^/]+)/participants/([^/]+)/mute", MuteHandler, parts),
+        (r"/rooms/([^/]+)/bans/?", BansHandler, parts),
+        (r"/rooms/([^/]+)/bans/([^/]+)", BanHandler, parts),
     ]

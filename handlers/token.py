@@ -17,23 +17,29 @@ import orjson
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from livekit.protocol.room import RoomConfiguration
 
-from config import Config
+from extensions.app import AppContext
 from extensions.authorize import AuthorizeError, Cookies, Grant, Refuse, Step, TokenRequest, run_chain
-from handlers.base import ApiError, Handler, Route
-from handlers.logsafe import quoted
-from handlers.ratelimit import RateLimiter
-from handlers.token_rules import check_grant, identifier, text
+from ground.config import Config
+from ground.errors import ApiError
+from ground.logsafe import quoted
+from handlers.support.base import Handler, Route
+from handlers.support.ratelimit import RateLimiter
+from handlers.support.token_rules import check_grant, identifier, text
 
 log = logging.getLogger(__name__)
 
 
 class TokenHandler(Handler):
+    metrics_label = "token"  # what /metrics counts it as (handlers/support/metrics.py)
     max_body_bytes = 64 * 1024
     cors_methods = "POST, OPTIONS"
 
-    def initialize(self, rate_limiter: RateLimiter | None, steps: tuple[Step, ...]) -> None:
+    def initialize(
+        self, rate_limiter: RateLimiter | None, steps: tuple[Step, ...], app_context: AppContext
+    ) -> None:
         self.rate_limiter = rate_limiter  # None: TOKEN_RATE_LIMIT=0
         self.steps = steps
+        self.app_context = app_context
 
     def prepare(self) -> None:
         if self.request.method == "POST":
@@ -68,11 +74,11 @@ class TokenHandler(Handler):
         shape (both required), anything else LiveKit's standard endpoint shape (every field
         optional). Types and characters are checked here; what is allowed, by the chain."""
         request = self.request
-        common = {
+        common: dict[str, Any] = {
             "headers": request.headers,
             "cookies": Cookies(request.headers.get("Cookie", "")),
             "remote_ip": request.remote_ip or "",
-            "app": self.settings["app_context"],
+            "app": self.app_context,
         }
         if "roomName" in body or "participantName" in body:
             self.log_fields = {"shape": "openvidu"}
@@ -170,8 +176,10 @@ def _room_config(value: Any) -> RoomConfiguration:
     return room_config
 
 
-def routes(config: Config, authorize: tuple[Step, ...]) -> list[Route]:
-    """`authorize`: the chain, built-in rules first (server.make_app puts it together)."""
+def routes(config: Config, authorize: tuple[Step, ...], app_context: AppContext) -> list[Route]:
+    """`authorize`: the chain, built-in rules first (server.make_app puts it together);
+    `app_context`: what the chain's steps get as `request.app`."""
     rate_limiter = RateLimiter(config.token_rate_limit) if config.token_rate_limit else None
     # `//token`: the iOS client's URL when its base ends in /
-    return [(r"/+token", TokenHandler, {"rate_limiter": rate_limiter, "steps": authorize})]
+    kwargs = {"rate_limiter": rate_limiter, "steps": authorize, "app_context": app_context}
+    return [(r"/+token", TokenHandler, kwargs)]

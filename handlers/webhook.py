@@ -14,10 +14,11 @@ import jwt
 import orjson
 from livekit.api import TokenVerifier
 
-from config import Config
 from eventlog import EventLog, StoreUnavailable
-from handlers.base import ApiError, Handler, Route
-from handlers.observe import timed_store
+from ground.config import Config
+from ground.errors import ApiError
+from handlers.support.base import Handler, Route
+from handlers.support.observe import timed_store
 
 # LiveKit signs each webhook with a 5-minute token; this much clock skew is tolerated.
 WEBHOOK_LEEWAY = timedelta(seconds=60)
@@ -61,6 +62,7 @@ class WebhookVerifier:
 
 
 class WebhookHandler(Handler):
+    metrics_label = "webhook"  # what /metrics counts it as (handlers/support/metrics.py)
     max_body_bytes = 1024 * 1024
     streamed_body = True  # refused from its declared length; a chunked one cut at the limit
     content_types = ("application/webhook+json", "application/json")

@@ -1,19 +1,19 @@
-"""Rooms and moderation: the admin API's helpers, bans, identity conflicts and the
+"""Rooms and moderation, without HTTP: bans, identity conflicts and the
 room directory, over LiveKit's RoomService (livekit-api's shared `LiveKitAPI`)."""
 
 from __future__ import annotations
 
 from livekit.api import LiveKitAPI
 
-from config import Config
 from eventlog import EventLog
+from ground.config import Config
 from rooms.admission import Admission
 from rooms.bans import BanStore, open_ban_store
 from rooms.directory import RoomDirectory
 from rooms.enforcement import BanEnforcer
-from rooms.livekit import LiveKitCalls, open_livekit_api, open_rooms_livekit_api
+from rooms.livekit import LiveKitCalls
 
-__all__ = ["Rooms", "open_livekit_api", "open_rooms_livekit_api"]
+__all__ = ["Rooms"]
 
 
 class Rooms:

@@ -10,9 +10,9 @@ from livekit.api.twirp_client import ServerError
 from livekit.protocol.models import ParticipantInfo
 from livekit.protocol.room import ListParticipantsRequest
 
-from config import Config
 from extensions.authorize import Grant, TokenRequest
-from handlers.base import ApiError
+from ground.config import Config
+from ground.errors import ApiError
 from rooms.bans import BanStore, BansUnavailable
 from rooms.livekit import LiveKitCalls, LiveKitUnavailable
 from rooms.names import canonical

@@ -24,7 +24,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from config import Config
+from ground.config import Config
 from rooms.names import canonical
 
 MAX_BAN_SECONDS = 365 * 86_400

@@ -26,11 +26,11 @@ from livekit.api.twirp_client import ServerError
 from livekit.protocol.models import ParticipantInfo
 from livekit.protocol.room import ListParticipantsRequest, ListRoomsRequest
 
-from config import Config
 from eventlog import EventLog, StoreUnavailable
+from ground.config import Config
+from ground.supervisor import Supervisor
 from rooms.livekit import LiveKitCalls, LiveKitUnavailable
 from rooms.shapes import JsonObject, parse_participant, parse_room, parse_track, participant_json, room_json
-from supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

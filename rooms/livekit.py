@@ -7,6 +7,7 @@ timeout at all": the session's own timeout never applies. So the deadline
 included, whoever makes the call (the admin API, /token's identity conflicts, the room
 directory, extensions). Our own calls also wait for a slot of their purpose's pool,
 within the same deadline, so hung calls of one kind never starve the others.
+(handlers/support/livekit_answers.py turns LiveKit's failures into HTTP answers.)
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import aiohttp
 from livekit.api import LiveKitAPI
 from livekit.api.twirp_client import ServerError
 
-from config import Config
-from handlers.base import ApiError
+from ground.config import Config
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ async def _answer_of(call: Awaitable[T], url: str) -> T:
                 f"The LiveKit server at {url} refused this server's API key and secret"
             ) from None
         if error.status >= 500 or not isinstance(error.message, str) or not isinstance(error.code, str):
-            raise LiveKitUnavailable(f"The LiveKit server at {url} failed: {_short(error)}") from None
+            raise LiveKitUnavailable(f"The LiveKit server at {url} failed: {short(error)}") from None
         raise
     except TimeoutError:
         raise
@@ -133,18 +133,5 @@ async def _answer_of(call: Awaitable[T], url: str) -> T:
         ) from None
 
 
-def _short(error: ServerError) -> str:
+def short(error: ServerError) -> str:
     return str(error.message or error.code)[:200]
-
-
-async def room_service(calls: LiveKitCalls, call: Awaitable[T], not_found: str = "") -> T:
-    """LiveKitCalls.ask for the admin API: 503 when LiveKit cannot be asked, 404 with
-    `not_found` when it says there is no such thing, 400 with its words otherwise."""
-    try:
-        return await calls.ask(call, "admin")
-    except LiveKitUnavailable as error:
-        raise ApiError(503, str(error)) from None
-    except ServerError as error:
-        if error.status == 404:
-            raise ApiError(404, not_found or "Not found on the LiveKit server") from None
-        raise ApiError(400, f"The LiveKit server refused: {_short(error)}") from None

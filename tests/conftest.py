@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from livekit.api import AccessToken
 
-from config import Config
 from eventlog import open_event_log
 from extensions import load_extensions
+from ground.config import Config
 from server import make_app, start_app, stop_app
 from tests.processes import Receiver, ServerProcess
 

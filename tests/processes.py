@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from config import PROJECT_DIR
 from dev.livekit_server import free_port
+from ground.config import PROJECT_DIR
 
 
 class ServerProcess:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from config import PROJECT_DIR, Config, ConfigError
+from ground.config import PROJECT_DIR, Config, ConfigError
 
 
 def test_defaults_work_with_an_openvidu_local_deployment() -> None:

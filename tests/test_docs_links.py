@@ -9,7 +9,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from config import PROJECT_DIR
+from ground.config import PROJECT_DIR
 
 PAGES = [PROJECT_DIR / "README.md", *sorted((PROJECT_DIR / "docs").glob("*.md"))]
 FENCED = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from config import PROJECT_DIR
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
+from ground.config import PROJECT_DIR
 from tests.conftest import require, wait_until
 from tests.processes import ServerProcess
 

@@ -217,16 +217,16 @@ def test_kill_9_loses_nothing_that_was_acknowledged(server_process: Any) -> None
 async def test_each_event_is_framed_once_whatever_the_number_of_sockets(
     http_client: Any, base_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import handlers.broadcast
+    import handlers.support.broadcast
 
     built: list[str] = []
-    make_frame = handlers.broadcast.make_frame
+    make_frame = handlers.support.broadcast.make_frame
 
     def counting(entry: Any) -> Any:
         built.append(entry.cursor)
         return make_frame(entry)
 
-    monkeypatch.setattr(handlers.broadcast, "make_frame", counting)
+    monkeypatch.setattr(handlers.support.broadcast, "make_frame", counting)
     sockets = [await websocket_connect(events_url(base_url)) for _ in range(5)]
     posted = await post_events(http_client, base_url, 3)
     for socket_ in sockets:

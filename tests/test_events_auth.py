@@ -11,7 +11,7 @@ import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from config import Config, ConfigError
+from ground.config import Config, ConfigError
 from tests.conftest import events_url, post_webhook, webhook_event, webhook_request
 
 SECRET = "0123456789abcdef0123456789abcdef-events"

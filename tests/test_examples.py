@@ -69,7 +69,7 @@ def test_forward_parks_then_retries_on_request(server_process: Any, receiver: An
     import subprocess
     import sys
 
-    from config import PROJECT_DIR
+    from ground.config import PROJECT_DIR
 
     target = receiver(then=500)
     server = server_process(**FORWARD, FORWARD_URL=target.url, EVENT_HANDLER_MAX_ATTEMPTS="3")

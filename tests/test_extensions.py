@@ -14,10 +14,10 @@ import jwt
 import pytest
 from livekit.api import WebhookEvent
 
-from config import Config
 from eventlog import open_event_log
 from extensions import ExtensionError, load_extensions
 from extensions.events import parse_event
+from ground.config import Config
 from server import make_app
 from tests.conftest import open_socket, post_token, send_webhook, token_claims, webhook_event
 from tests.conftest import running as started

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from config import PROJECT_DIR
 from dev.livekit_server import free_port
+from ground.config import PROJECT_DIR
 
 
 def cli(tmp_path: Path, *arguments: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from config import PROJECT_DIR, Config
 from dev import lan as run_lan
 from dev.livekit_server import HOW_TO_GET, find_binary, free_port, is_listening
+from ground.config import PROJECT_DIR, Config
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS, require, wait_until
 from tests.test_e2e import WAIT_MS, join, wait_for_event, wait_for_playing_video
 

@@ -16,8 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.websocket import websocket_connect
 
-from config import Config, ConfigError
 from dev.livekit_server import free_port
+from ground.config import Config, ConfigError
 from tests.conftest import webhook_event, webhook_request
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -174,6 +174,20 @@ async def test_admin_actions_by_action_and_status(http_client: Any, base_url: st
     assert value(samples, admin_requests, action="list_bans", status="200") == 1
     assert value(samples, admin_requests, action="list_rooms", status="401") == 1
     assert value(samples, admin_requests, action="lift_ban", status="404") == 1
+
+
+@pytest.mark.settings(admin_secret="admin-secret-for-the-metrics-test")
+@pytest.mark.gen_test
+async def test_admin_events_are_timed_like_webhooks(app: Any, http_client: Any, base_url: str) -> None:
+    """Every append to the event store is timed the same way: a webhook's, and an admin action's record."""
+    await app.settings["rooms"].bans.ban("R", "bob", 60)
+    admin = {"Authorization": "Bearer admin-secret-for-the-metrics-test"}
+    lift = await http_client.fetch(base_url + "/rooms/R/bans/bob", method="DELETE", headers=admin)
+    assert lift.code == 200
+    page = await app.settings["event_log"].read(None, 10, 1 << 20)
+    assert [json.loads(entry.event_json)["event"] for entry in page.entries] == ["admin.ban_lifted"]
+    samples = await scrape(http_client, base_url)
+    assert value(samples, "livekit_app_event_store_seconds_count", operation="append") == 1
 
 
 SUMMARY_FILE = str(Path(tempfile.gettempdir()) / f"metrics-test-summaries-{os.getpid()}.txt")

@@ -23,8 +23,8 @@ from tornado.httputil import HTTPHeaders
 from tornado.websocket import websocket_connect
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-from config import Config
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
+from ground.config import Config
 from handlers.openapi import OPENAPI_FILE
 from tests.conftest import require, webhook_event, webhook_request
 from tests.test_rooms import create_room

@@ -13,8 +13,8 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 from tornado.websocket import websocket_connect
 
-from config import Config, ConfigError
-from handlers.origins import known_host, parse_origin, same_origin
+from ground.config import Config, ConfigError
+from handlers.support.origins import known_host, parse_origin, same_origin
 from tests.conftest import events_url
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from config import PROJECT_DIR
+from ground.config import PROJECT_DIR
 from tests.admin import eventually
 from tests.conftest import post_webhook, webhook_event
 

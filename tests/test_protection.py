@@ -17,7 +17,7 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from config import PROJECT_DIR
+from ground.config import PROJECT_DIR
 from tests.conftest import OPENVIDU_BODY, post_token, post_webhook, request_token, webhook_event
 from tests.processes import ServerProcess
 
@@ -252,7 +252,7 @@ def test_an_ipv6_client_cannot_rotate_addresses_within_its_64(tmp_path: Any) -> 
 
 
 def test_rate_limiter_buckets_by_address_family() -> None:
-    from handlers.ratelimit import RateLimiter, client_of
+    from handlers.support.ratelimit import RateLimiter, client_of
 
     assert client_of("203.0.113.9") == "203.0.113.9"
     assert client_of("2001:db8:1:2:a:b:c:d") == client_of("2001:db8:1:2::1") == "2001:db8:1:2::/64"

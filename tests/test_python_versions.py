@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 
-from config import PROJECT_DIR
+from ground.config import PROJECT_DIR
 
 
 def supported() -> list[tuple[int, int]]:

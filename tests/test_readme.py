@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from config import PROJECT_DIR
+from ground.config import PROJECT_DIR
 
 BLOCK = re.compile(r"```sh\n(.*?)```", re.DOTALL)
 EXTENDING_PAGE = PROJECT_DIR / "docs" / "extending.md"

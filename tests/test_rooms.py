@@ -17,8 +17,8 @@ from livekit import api
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from config import Config, ConfigError
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
+from ground.config import Config, ConfigError
 from rooms.bans import RedisBans, SqliteBans
 from tests.admin import SECRET, RoomsSocket, admin, eventually, path_of
 from tests.conftest import post_token, request_token, require

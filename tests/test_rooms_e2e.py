@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from livekit import api
 
-from config import PROJECT_DIR
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
+from ground.config import PROJECT_DIR
 from tests.admin import SECRET, RoomsSocket, admin, eventually, path_of
 from tests.conftest import request_token, require, wait_until
 from tests.processes import ServerProcess

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from config import PROJECT_DIR
 from dev.livekit_server import free_port
+from ground.config import PROJECT_DIR
 from tests.conftest import post_webhook, webhook_event
 from tests.processes import ServerProcess
 from tests.test_protection import socket_close_code

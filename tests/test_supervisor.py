@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-import supervisor
-from supervisor import Supervisor
+from ground import supervisor
+from ground.supervisor import Supervisor
 
 
 def test_a_failing_task_is_logged_shown_down_and_started_again(
@@ -36,7 +36,7 @@ def test_a_failing_task_is_logged_shown_down_and_started_again(
         await tasks.stop()
         return down, up
 
-    with caplog.at_level(logging.ERROR, logger="supervisor"):
+    with caplog.at_level(logging.ERROR, logger="ground.supervisor"):
         down, up = asyncio.run(scenario())
     assert down["the reconcile"]["error"].startswith("ValueError: broken answer")
     assert up == {}

@@ -206,8 +206,8 @@ def test_minted_claims_are_what_livekit_api_writes(extra: dict[str, Any]) -> Non
     from livekit.api import AccessToken, VideoGrants
     from livekit.protocol.room import RoomConfiguration
 
-    from config import Config
     from extensions import Grant
+    from ground.config import Config
     from handlers.token import mint
 
     video = VideoGrants(room_join=True, room="R", **extra.get("video", {}))

@@ -13,7 +13,7 @@ import pytest
 from livekit.api import TokenVerifier, WebhookReceiver
 from tornado.websocket import websocket_connect
 
-from handlers.base import ApiError
+from ground.errors import ApiError
 from handlers.webhook import WebhookVerifier
 from tests.conftest import API_KEY, API_SECRET, sign, webhook_event, webhook_request
 

@@ -19,38 +19,15 @@ from urllib.parse import urlsplit
 
 import tornado.web
 
+from ground.config import DEFAULT_PORTS, Config, Origin, canonical_host, parse_origin
+
 if TYPE_CHECKING:
     from tornado.httputil import HTTPServerRequest
 
-    from config import Config
+log = logging.getLogger("handlers.origins")  # the name it has always logged under
 
-log = logging.getLogger(__name__)
-
-DEFAULT_PORTS = {"http": 80, "https": 443}
-# (scheme, host, port) of a page; the host lowercased, IPv6 without brackets.
-Origin = tuple[str, str, int]
 _HINTS_MAX = 64
 _hinted: set[str] = set()
-
-
-def parse_origin(text: str) -> Origin | None:
-    """`https://App.example.com` -> ("https", "app.example.com", 443); None when it is not
-    an http(s) origin (`null`, a path, user info, a bad port)."""
-    try:
-        parts = urlsplit(text.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    if (
-        parts.scheme not in DEFAULT_PORTS
-        or not parts.hostname
-        or "@" in parts.netloc
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-    ):
-        return None
-    return parts.scheme, _canonical(parts.hostname), DEFAULT_PORTS[parts.scheme] if port is None else port
 
 
 def request_host(request: HTTPServerRequest, config: Config) -> tuple[str, int | None]:
@@ -62,7 +39,7 @@ def request_host(request: HTTPServerRequest, config: Config) -> tuple[str, int |
         host = request.headers.get("X-Forwarded-Host", "").split(",")[-1].strip() or host
     try:
         parts = urlsplit("//" + host)
-        return _canonical(parts.hostname or ""), parts.port
+        return canonical_host(parts.hostname or ""), parts.port
     except ValueError:
         return "", None
 
@@ -122,14 +99,6 @@ class EveryOriginChecked(tornado.web.RequestHandler):
 
 def _public_origins(config: Config) -> list[Origin]:
     return [page for page in map(parse_origin, config.public_origins) if page is not None]
-
-
-def _canonical(host: str) -> str:
-    host = host.lower()
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return host
 
 
 def _cannot_be_rebound(host: str, config: Config) -> bool:

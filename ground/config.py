@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -15,11 +16,9 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
-from handlers.origins import parse_origin
-
 DEV_API_KEY = "devkey"
 DEV_API_SECRET = "secret"
-PROJECT_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(ValueError):
@@ -371,3 +370,38 @@ class Config:
                 )
         if self.events_auth_secret and len(self.events_auth_secret) < 32:
             raise ConfigError("APP_ENV=production needs an EVENTS_AUTH_SECRET of 32 characters or more")
+
+
+# --- origins (PUBLIC_ORIGINS, CORS_ALLOWED_ORIGINS, and each request's Origin in handlers/) ---
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# (scheme, host, port) of a page; the host lowercased, IPv6 without brackets.
+Origin = tuple[str, str, int]
+
+
+def parse_origin(text: str) -> Origin | None:
+    """`https://App.example.com` -> ("https", "app.example.com", 443); None when it is not
+    an http(s) origin (`null`, a path, user info, a bad port)."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if (
+        parts.scheme not in DEFAULT_PORTS
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        return None
+    return parts.scheme, canonical_host(parts.hostname), DEFAULT_PORTS[parts.scheme] if port is None else port
+
+
+def canonical_host(host: str) -> str:
+    host = host.lower()
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host

@@ -2,7 +2,7 @@
 
 Tornado reads a body whole, up to the server's limit and for as long as the client takes,
 before a handler that is not streamed runs. Here every body must arrive within
-BODY_TIMEOUT; a body is read only up to the handler's max_body_bytes (handlers/base.py),
+BODY_TIMEOUT; a body is read only up to the handler's max_body_bytes (handlers/support/base.py),
 past which the endpoint answers 413 (its own headers, CORS included) and the connection
 closes instead of reading on; an endpoint that takes no body gets at most NO_BODY_BYTES
 of one. A streamed body (`streamed_body`) is bounded in size by its handler.
@@ -20,7 +20,7 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.ioloop import IOLoop
 
-from handlers.base import ApiError, Tracked, is_number
+from handlers.support.base import Tracked, is_number
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def too_large(handler_class: type[Tracked]) -> type[Tracked]:
     if refusing is None:
 
         def prepare(self: Tracked) -> None:
-            raise ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
+            raise self.too_large()
 
         refusing = type(f"{handler_class.__name__}BodyTooLarge", (handler_class,), {"prepare": prepare})
         _too_large[handler_class] = refusing

@@ -8,15 +8,15 @@ for a developer, and nothing for another origin, another machine or a script.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
 from tornado.httputil import HTTPServerRequest
 
-from config import Config
-from handlers.base import ApiError
-from handlers.origins import same_origin
+from ground.config import Config
+from ground.credentials import bearer_credential, secret_matches
+from ground.errors import ApiError
+from handlers.support.origins import same_origin
 
 # Sent by the demo page with every admin call. A page on another origin cannot send a
 # custom header without a CORS preflight, which the admin API never grants.
@@ -26,14 +26,14 @@ PAGE_HEADER = "X-Requested-With"
 def admin_caller(config: Config, request: HTTPServerRequest) -> str:
     """Who is calling (for the admin events' `by`), or ApiError 401/403/404."""
     if config.admin_secret:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
+        given = bearer_credential(request.headers.get("Authorization", ""))
+        if not given:
             raise ApiError(
                 401,
                 "The admin API needs Authorization: Bearer <ADMIN_SECRET>",
                 {"WWW-Authenticate": "Bearer"},
             )
-        if not secret_matches(config, given.strip()):
+        if not secret_matches(given, config.admin_secret):
             raise ApiError(403, "Wrong admin secret")
         return "admin"
     if config.app_env == "development" and is_own_page_request(request, config):
@@ -51,10 +51,6 @@ def page_admin_mode(config: Config, request: HTTPServerRequest) -> str:
     return "page" if config.app_env == "development" and on_localhost else "off"
 
 
-def secret_matches(config: Config, given: str) -> bool:
-    return hmac.compare_digest(given.encode(), config.admin_secret.encode())
-
-
 def admin_api_off(config: Config) -> str:
     if config.app_env == "development":
         return (
@@ -70,7 +66,7 @@ def is_own_page_request(request: HTTPServerRequest, config: Config, websocket: b
 
     - the Host is a loopback name or address, and so is the client: not another
       machine, and not a DNS-rebound name (Host and Origin both an attacker's);
-    - the Origin is this server's own (handlers/origins.py; browsers always send it on
+    - the Origin is this server's own (handlers/support/origins.py; browsers always send it on
       WebSockets and on requests other than GET); a GET without Origin needs
       `Sec-Fetch-Site: same-origin`, which pages cannot set;
     - HTTP requests carry the custom header PAGE_HEADER, which forms cannot send and

@@ -5,7 +5,6 @@ every grant must be, whatever the steps did, before it is minted."""
 
 from __future__ import annotations
 
-import hmac
 import re
 import secrets
 import unicodedata
@@ -13,18 +12,17 @@ from datetime import timedelta
 
 from livekit.protocol.room import RoomConfiguration
 
-from config import CLIENT_SETTABLE, DISPATCH_FIELDS, MAX_TOKEN_TTL
 from extensions.authorize import AuthorizeError, Grant, Refuse, Step, TokenRequest
-from handlers.base import ApiError
+from ground.config import CLIENT_SETTABLE, DISPATCH_FIELDS, MAX_TOKEN_TTL
+from ground.credentials import secret_matches
+from ground.errors import ApiError
 from rooms.names import nfc
 
 
 def built_in_authorize(request: TokenRequest, grant: Grant) -> Grant:
     """Today's settings, each off or permissive until set; refusals name the setting."""
     config = request.app.config
-    if config.token_auth_secret and not hmac.compare_digest(
-        request.headers.get("Authorization", "").encode(), f"Bearer {config.token_auth_secret}".encode()
-    ):
+    if config.token_auth_secret and not secret_matches(request.bearer_token, config.token_auth_secret):
         raise Refuse(401, "This token endpoint needs Authorization: Bearer <TOKEN_AUTH_SECRET>")
     if request.shape == "standard":
         sent = {

@@ -1,6 +1,6 @@
 """The hooks that make the server observable: each request's id (X-Request-Id), the
 fields of its access line, the log format (LOG_FORMAT: text or json), and the calls
-that feed /metrics (handlers/metrics.py), which do nothing when metrics are off."""
+that feed /metrics (handlers/support/metrics.py), which do nothing when metrics are off."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import tornado.httputil
 import tornado.web
 from pythonjsonlogger.json import JsonFormatter
 
-from config import Config
-from handlers.logsafe import Redactor
+from ground.config import Config
+from ground.logsafe import Redactor
 
 if TYPE_CHECKING:
-    from handlers.metrics import Metrics
+    from handlers.support.metrics import Metrics
 
 T = TypeVar("T")
 

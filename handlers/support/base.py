@@ -8,11 +8,14 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 import orjson
+import tornado.routing
 import tornado.web
+import tornado.websocket
 
-from config import Config
-from handlers.logsafe import printable, quoted
-from handlers.observe import observe_request, request_fields
+from ground.config import Config
+from ground.errors import ApiError
+from ground.logsafe import printable, quoted
+from handlers.support.observe import observe_request, request_fields
 
 access_log = logging.getLogger("tornado.access")
 
@@ -49,45 +52,10 @@ Route = (
 )
 
 
-class ApiError(tornado.web.HTTPError):
-    """An error whose message is meant for the client, sent as `{"errorMessage": ...}`."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(status, reason=HTTPStatus(status).phrase)
-        self.message = message
-        self.headers = headers or {}
-
-
-class Tracked(tornado.web.RequestHandler):
-    """What every request handler of this server has, and what extensions/routes.py puts
-    under an extension's handler whatever its base class:
-
-    - in flight from its creation until it answered or its client left: shutdown waits
-      for it (server.shutdown);
-    - errors answered as `{"errorMessage": ...}` JSON (an ApiError's own message), never
-      a traceback, and a client error logged as one access line, not a traceback;
-    - a request body of at most `max_body_bytes`, cut as it arrives (handlers/bodies.py).
-    """
-
-    max_body_bytes: ClassVar[int] = 64 * 1024
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.settings["requests_in_flight"].add(self)
-
-    def finish(self, chunk: Any = None) -> Any:
-        # finish, not on_finish: a subclass that overrides on_finish without super() is
-        # still answered for.
-        try:
-            return super().finish(chunk)
-        finally:
-            self.settings["requests_in_flight"].discard(self)
-
-    def on_connection_close(self) -> None:
-        self.settings["requests_in_flight"].discard(self)
-        # Tornado's own: a streamed body still being read ends with the connection, and so
-        # does the handler (else it would wait for the rest of the body for good).
-        super().on_connection_close()
+class JsonErrors(tornado.web.RequestHandler):
+    """The one error writer, for HTTP endpoints (Tracked) and WebSocket upgrades alike:
+    `{"errorMessage": ...}` JSON (an ApiError's own message and headers), never a
+    traceback; a client error is one access line, not a traceback in the log."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
@@ -109,12 +77,48 @@ class Tracked(tornado.web.RequestHandler):
         super().log_exception(typ, value, tb)
 
 
+class Tracked(JsonErrors):
+    """What every request handler of this server has, and what extensions/routes.py puts
+    under an extension's handler whatever its base class:
+
+    - in flight from its creation until it answered or its client left: shutdown waits
+      for it (server.shutdown);
+    - errors answered as `{"errorMessage": ...}` JSON (JsonErrors);
+    - a request body of at most `max_body_bytes`, cut as it arrives (handlers/support/bodies.py).
+    """
+
+    max_body_bytes: ClassVar[int] = 64 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings["requests_in_flight"].add(self)
+
+    def finish(self, chunk: Any = None) -> Any:
+        # finish, not on_finish: a subclass that overrides on_finish without super() is
+        # still answered for.
+        try:
+            return super().finish(chunk)
+        finally:
+            self.settings["requests_in_flight"].discard(self)
+
+    def too_large(self) -> ApiError:
+        """The one 413 of this server."""
+        return ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
+
+    def on_connection_close(self) -> None:
+        self.settings["requests_in_flight"].discard(self)
+        # Tornado's own: a streamed body still being read ends with the connection, and so
+        # does the handler (else it would wait for the rest of the body for good).
+        super().on_connection_close()
+
+
 class Handler(Tracked):
     """The one base of this server's endpoints: Tracked, and what a class sets says the rest.
 
     - `max_body_bytes`: 0 (the default) takes no body; otherwise a POST, PUT or PATCH body
       of a `content_types` media type, refused from its declared length (413) before it is
       read; `json_object()` reads it;
+    - `body_optional = True`: a request without a body is let through as well;
     - `streamed_body = True`: the body is taken as it arrives and kept only up to the limit
       (Tornado's stream_request_body, applied here);
     - `cors_methods`: CORS for browser pages on other origins, with a preflight; credentials
@@ -122,7 +126,10 @@ class Handler(Tracked):
     """
 
     max_body_bytes: ClassVar[int] = 0
+    # What /metrics counts this endpoint's answers as ("token", "webhook", "admin"), if anything.
+    metrics_label: ClassVar[str] = ""
     content_types: ClassVar[tuple[str, ...]] = ("application/json",)
+    body_optional: ClassVar[bool] = False
     streamed_body: ClassVar[bool] = False
     cors_methods: ClassVar[str] = ""
 
@@ -175,6 +182,8 @@ class Handler(Tracked):
         declared = self.request.headers.get("Content-Length")
         if declared is not None and (not is_number(declared) or int(declared) > self.max_body_bytes):
             raise self.too_large()
+        if self.body_optional and not self.streamed_body and not self.request.body:
+            return
         content_type = self.request.headers.get("Content-Type", "")
         media_type = content_type.split(";", 1)[0].strip().lower()
         if media_type not in self.content_types:
@@ -182,9 +191,6 @@ class Handler(Tracked):
 
     def implements(self, method: str) -> bool:
         return getattr(type(self), method) is not getattr(tornado.web.RequestHandler, method)
-
-    def too_large(self) -> ApiError:
-        return ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
 
     def data_received(self, chunk: bytes) -> None:
         """A streamed body (`streamed_body`): kept up to the limit, refused past it."""
@@ -235,3 +241,24 @@ class NotFoundHandler(Handler):
 
 def is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()  # int() also takes other scripts' digits
+
+
+def tracked_rule(rule: tornado.routing.Rule) -> tornado.routing.Rule:
+    """An extension's rule (extensions/routes.py), its handler class tracked."""
+    if isinstance(rule.target, type) and issubclass(rule.target, tornado.web.RequestHandler):
+        rule.target = tracked(rule.target)
+    return rule
+
+
+def tracked(handler_class: type[tornado.web.RequestHandler]) -> type[tornado.web.RequestHandler]:
+    """The adopter's class first (their methods win), the server's tracking underneath.
+    WebSocket handlers are left as they are: shutdown closes their connections."""
+    if issubclass(handler_class, (Tracked, tornado.websocket.WebSocketHandler)):
+        return handler_class
+    if handler_class is tornado.web.RequestHandler:
+        return Tracked
+    return type(
+        handler_class.__name__,
+        (handler_class, Tracked),
+        {"__module__": handler_class.__module__, "__qualname__": handler_class.__qualname__},
+    )
