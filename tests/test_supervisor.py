@@ -11,6 +11,7 @@ import pytest
 
 from ground import supervisor
 from ground.supervisor import Supervisor
+from tests.test_rooms import in_a_thread
 
 
 def test_a_failing_task_is_logged_shown_down_and_started_again(
@@ -37,7 +38,7 @@ def test_a_failing_task_is_logged_shown_down_and_started_again(
         return down, up
 
     with caplog.at_level(logging.ERROR, logger="ground.supervisor"):
-        down, up = asyncio.run(scenario())
+        down, up = in_a_thread(scenario())  # this thread's loop belongs to pytest-tornado
     assert down["the reconcile"]["error"].startswith("ValueError: broken answer")
     assert up == {}
     assert len(runs) == 3
