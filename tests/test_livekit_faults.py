@@ -160,3 +160,16 @@ def test_the_room_directory_survives_nonsense_and_comes_back(
     assert health()["rooms"]["livekit"]["ok"] is True
     assert health()["rooms"]["down"] == []
     assert "the room directory stopped" not in app.log_text()
+
+
+def test_an_extensions_call_through_its_client_has_the_deadline_too(
+    server_process: Any, double: LiveKitDouble
+) -> None:
+    app = start_app(server_process, double, APP_EXTENSIONS="examples.room_list")
+    double.fault = "hang"
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: timed_admin(app.url, "/example/rooms"), range(20)))
+    assert {status for status, _, _ in answers} == {503}  # the example's own answer to a timeout
+    double.fault = "ok"
+    status, body, _ = timed_admin(app.url, "/example/rooms")
+    assert (status, body) == (200, {"rooms": []})
