@@ -38,7 +38,7 @@ from handlers.support.metrics import Metrics
 from handlers.support.observe import setup_logging
 from handlers.support.token_rules import BUILT_IN
 from rooms import Rooms
-from rooms.livekit import open_livekit_api
+from rooms.livekit import open_livekit_api, open_rooms_livekit_api
 
 log = logging.getLogger("server")
 
@@ -62,15 +62,14 @@ def make_app(
     extensions: Extensions,
 ) -> tornado.web.Application:
     """The application, from what it depends on: the settings, the event log (not started),
-    the shared LiveKit API client (main() opens it; without one the admin API answers 503
-    and extensions get one made on first use), and what APP_EXTENSIONS' modules define."""
+    the server's own LiveKit API client (main() opens it; without one the admin API answers
+    503; extensions get a client of their own), and what APP_EXTENSIONS' modules define."""
     # PyJWT warns on every signature with a short key; main() warns once instead.
     warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
     broadcaster = Broadcaster()  # the one owner of the event sockets; the store tells it what is new
     event_log.add_listener(broadcaster)
-    app_context = AppContext(
-        config, event_log, SharedLiveKitAPI(lambda: open_livekit_api(config), livekit_api)
-    )
+    # Extensions get a client of their own (its own pool): their calls and ours never wait for each other.
+    app_context = AppContext(config, event_log, SharedLiveKitAPI(lambda: open_livekit_api(config)))
     runner = (
         EventHandlerRunner(list(extensions.event_handlers), open_feed(config, event_log), app_context)
         if extensions.event_handlers
@@ -89,7 +88,7 @@ def make_app(
     routes: list[Any] = [
         *token.routes(config, authorize, app_context),
         *webhook.routes(config, event_log),
-        *pages.routes(event_log, broadcaster, runner),
+        *pages.routes(event_log, broadcaster, runner, rooms.directory),
         *events.routes(event_log, broadcaster),
         *rooms_handlers.routes(rooms, livekit_api, event_log),
         *metrics_routes(config, metrics),
@@ -171,7 +170,7 @@ async def start_app(app: tornado.web.Application) -> None:
 
 async def main(config: Config, extensions: Extensions | None = None) -> None:
     sockets = listen(config)
-    livekit_api = open_livekit_api(config)
+    livekit_api = open_rooms_livekit_api(config)
     try:
         app = make_app(config, open_event_log(config), livekit_api, extensions or Extensions())
         event_log: EventLog = app.settings["event_log"]
@@ -296,7 +295,7 @@ async def shutdown(
 
 async def stop_app(app: tornado.web.Application) -> None:
     """After the requests: the event handlers, the room directory, the store, the ban
-    store, the LiveKit API client."""
+    store, the LiveKit API clients (the server's own and the extensions')."""
     runner: EventHandlerRunner | None = app.settings["event_handlers"]
     if runner is not None:
         await runner.stop(SHUTDOWN_SECONDS)
@@ -306,6 +305,8 @@ async def stop_app(app: tornado.web.Application) -> None:
     await rooms.close()
     app_context: AppContext = app.settings["app_context"]
     await app_context.shared_api.aclose()
+    if app.settings["livekit_api"] is not None:
+        await app.settings["livekit_api"].aclose()
 
 
 if __name__ == "__main__":

@@ -135,7 +135,11 @@ def _quoted(value: str) -> str:
 
 def caddyfile(lan: LanSettings, server_upstream: str, livekit_upstream: str | None) -> str:
     """The whole proxy configuration. A site for an address binds that address only; a
-    site for a name listens on every interface (the name may resolve to any of them)."""
+    site for a name listens on every interface (the name may resolve to any of them).
+
+    The server runs with TRUST_PROXY_HEADERS=true behind it, so its site overwrites the
+    client-address headers with the real remote address: a client's own X-Real-IP or
+    X-Forwarded-For must not choose who it is (its rate-limit bucket, the logs)."""
     bind = "" if lan.host_is_name else f"\tbind {lan.address}\n"
     https = "\ttls internal\n" + bind
     client_missing = (
@@ -150,7 +154,8 @@ def caddyfile(lan: LanSettings, server_upstream: str, livekit_upstream: str | No
         f"{lan.url('https', CLIENT_HTTPS_PORT, '')} {{\n{https}"
         f"\treverse_proxy 127.0.0.1:{lan.client_port}\n"
         f"\thandle_errors {{\n\t\trespond {_quoted(client_missing)} 502\n\t}}\n}}\n",
-        f"{lan.url('https', SERVER_HTTPS_PORT, '')} {{\n{https}\treverse_proxy {server_upstream}\n}}\n",
+        f"{lan.url('https', SERVER_HTTPS_PORT, '')} {{\n{https}\treverse_proxy {server_upstream} {{\n"
+        "\t\theader_up X-Real-IP {remote_host}\n\t\theader_up X-Forwarded-For {remote_host}\n\t}\n}\n",
     ]
     if livekit_upstream is not None:
         sites.append(

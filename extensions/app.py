@@ -13,10 +13,10 @@ from ground.config import Config
 
 
 class SharedLiveKitAPI:
-    """The one livekit-api client of the process (one HTTP connection pool): the one main()
-    opened at start-up, or else one `open_client` makes on first use inside the event loop
-    (aiohttp needs a running loop); closed at shutdown. server.py passes both in: the domain
-    below it does not open clients of its own."""
+    """The extensions' livekit-api client (one HTTP connection pool of its own, every
+    request within LIVEKIT_TIMEOUT): made by `open_client` at start-up inside the event
+    loop (aiohttp needs a running loop), or on first use; closed at shutdown. server.py
+    passes it in: the domain below it does not open clients of its own."""
 
     def __init__(self, open_client: Callable[[], LiveKitAPI], client: LiveKitAPI | None = None) -> None:
         self._open_client = open_client

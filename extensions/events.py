@@ -17,6 +17,7 @@ import inspect
 import logging
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,12 @@ from ground.config import Config
 from ground.logsafe import printable, quoted
 
 log = logging.getLogger("extensions.events")
+COUNT_SECONDS = 2.0  # how often the parked counts are read from the store again
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
 
 BATCH = 100
 MAX_BACKOFF_SECONDS = 60.0
@@ -136,9 +143,14 @@ class EventHandlerRunner:
         self.max_attempts = app.config.event_handler_max_attempts
         self.first_backoff = app.config.event_handler_retry_seconds
         self.claim_seconds = app.config.event_handler_claim_seconds
+        self.stuck_seconds = app.config.event_handler_stuck_seconds
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self.handled = 0
+        # Per handler, since when (ms) the event in its hands has waited, and whether the
+        # log said it is stuck on it.
+        self._pending_since: dict[str, int] = {}
+        self._said_stuck: set[str] = set()
 
     async def start(self) -> None:
         """Register the handlers in the store (before the server listens, so a new handler
@@ -159,6 +171,7 @@ class EventHandlerRunner:
             asyncio.create_task(self._run(handler), name=f"event handler {handler.name}")
             for handler in self.handlers
         ]
+        self._tasks.append(asyncio.create_task(self._watch_forever(), name="event handler watch"))
 
     async def _start_later(self) -> None:
         delay = 0.5
@@ -180,7 +193,48 @@ class EventHandlerRunner:
         self.feed.wake()
 
     def health(self) -> dict[str, Any]:
-        return {"handlers": len(self.handlers), "handled": self.handled, **self.feed.health()}
+        return {
+            "handlers": len(self.handlers),
+            "handled": self.handled,
+            **self.feed.health(),
+            "oldestPendingSeconds": self.oldest_pending(),
+        }
+
+    def oldest_pending(self) -> dict[str, float]:
+        """Per handler, how long the oldest event it has yet to finish has waited (0: none)."""
+        now = _now_ms()
+        return {
+            handler.name: round(max(0, now - self._pending_since[handler.name]) / 1000, 1)
+            if handler.name in self._pending_since
+            else 0.0
+            for handler in self.handlers
+        }
+
+    def _watch_stuck(self) -> None:
+        """A log line (once an event) for a handler past EVENT_HANDLER_STUCK_SECONDS."""
+        for name, seconds in self.oldest_pending().items():
+            if seconds >= self.stuck_seconds and name not in self._said_stuck:
+                self._said_stuck.add(name)
+                log.warning(
+                    "event handler %s has an event waiting %.0f s (EVENT_HANDLER_STUCK_SECONDS=%g): "
+                    "its later events wait behind it",
+                    name,
+                    seconds,
+                    self.stuck_seconds,
+                )
+
+    async def _watch_forever(self) -> None:
+        counted_at = 0.0
+        while not self._stopping.is_set():
+            self._watch_stuck()
+            if time.monotonic() - counted_at >= COUNT_SECONDS:
+                counted_at = time.monotonic()
+                try:  # the store is the truth: the CLI or another instance may have changed it
+                    await self.feed.count_parked()
+                except Exception as error:
+                    log.debug("event handlers: parked events not counted now: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), min(1.0, self.stuck_seconds / 4))
 
     async def stop(self, timeout: float) -> None:
         """Let handlers finish the call they are in (within `timeout`), then stop. Whatever
@@ -225,6 +279,15 @@ class EventHandlerRunner:
 
     async def _handle(self, handler: HandlerSpec, delivery: Delivery) -> None:
         """Call until it returns or the attempts are spent; then record the outcome."""
+        # A parked event retried has waited since its retry, not since it was received.
+        self._pending_since[handler.name] = _now_ms() if delivery.parked_key else delivery.received_at
+        try:
+            await self._attempts(handler, delivery)
+        finally:
+            self._pending_since.pop(handler.name, None)
+            self._said_stuck.discard(handler.name)
+
+    async def _attempts(self, handler: HandlerSpec, delivery: Delivery) -> None:
         attempt = 0
         while True:
             attempt += 1

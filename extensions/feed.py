@@ -59,6 +59,10 @@ class Feed(Protocol):
     async def keep_claimed(self, handler: str, delivery: Delivery) -> None:
         """Tell other instances this one is still working on it (a long handler)."""
 
+    async def count_parked(self) -> None:
+        """Read the parked counts health() gives from the store again (another process,
+        `python -m extensions`, another instance, may have changed them)."""
+
     async def parked(self, handler: str | None = None) -> list[Parked]:
         """What is parked, oldest first."""
 

@@ -208,6 +208,9 @@ class RedisFeed:
             known.add(str(key).removeprefix(PARKED_PREFIX))
         return sorted(known)
 
+    async def count_parked(self) -> None:
+        await self._count_parked()
+
     async def _count_parked(self) -> None:
         self._counted_at = time.monotonic()
         for handler in self._parked_counts:

@@ -99,6 +99,14 @@ class SqliteFeed:
         )
         self._parked_counts = {handler: 0 for handler in handlers} | dict(rows)
 
+    async def count_parked(self) -> None:
+        rows = await self._run(
+            lambda: self.db.execute(
+                "SELECT handler, count(*) FROM handler_parked GROUP BY handler"
+            ).fetchall()
+        )
+        self._parked_counts = dict.fromkeys(self._position, 0) | dict(rows)
+
     def _checkpoint(self, handler: str, end: str) -> str:
         """The handler's checkpoint; a new handler's is the newest event stored now."""
         self.db.execute(

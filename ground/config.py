@@ -286,11 +286,13 @@ class Config:
     admin_secret: str = setting("", text)  # empty: the admin API is off, but for the demo page in development
     identity_conflict: str = setting("replace", choice(*IDENTITY_CONFLICTS))
     rooms_reconcile_seconds: int = setting(30, integer(1, 86_400))
+    livekit_timeout: float = setting(5.0, _seconds)  # every call to LiveKit's API, slot wait included
     # Extensions: the adopter's modules, event handler retries.
     app_extensions: tuple[str, ...] = setting((), _modules)
     event_handler_max_attempts: int = setting(5, integer(1, 100))
     event_handler_retry_seconds: float = setting(1.0, _seconds)
     event_handler_claim_seconds: int = setting(60, integer(1))
+    event_handler_stuck_seconds: float = setting(60.0, _seconds)  # a log line when one waits longer
     # Observability: /metrics, its readers, the log format.
     metrics_enabled: bool = setting(True, _flag)
     metrics_auth_secret: str = setting("", text)

@@ -1,5 +1,11 @@
 """Accepting connections: at most MAX_CONNECTIONS open at once, and a pause rather than a
-spin when the process runs out of file descriptors."""
+spin when the process runs out of file descriptors.
+
+At the cap, a newcomer is let in by closing the connection that has waited longest for
+a request's headers (a keep-alive connection between requests, or one still sending its
+first headers): one slow or idle client cannot hold every slot until IDLE_TIMEOUT.
+Connections in a request or a WebSocket are never closed for it; when every slot is such
+a one, newcomers wait in the kernel's queue."""
 
 from __future__ import annotations
 
@@ -7,7 +13,10 @@ import errno
 import logging
 import resource
 import socket
-from typing import Any
+from asyncio import Future
+from collections import OrderedDict
+from collections.abc import Awaitable
+from typing import Any, cast
 
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
@@ -59,6 +68,8 @@ class Listener:
         self._resting = False  # after an accept() failure, until the timer ends it
         self._stopped = False
         self._warned_at: dict[str, float] = {}
+        # Streams waiting for a request's headers, the longest-waiting first.
+        self._idle: OrderedDict[_CountedStream, None] = OrderedDict()
 
     def start(self) -> None:
         self._watch(True)
@@ -82,6 +93,14 @@ class Listener:
 
     def _accept(self, sock: socket.socket, events: int) -> None:
         for _ in range(ACCEPT_BATCH):
+            if self.open_connections >= self.max_connections and self._idle:
+                self._warn(
+                    "shed",
+                    f"{self.open_connections} connections open (MAX_CONNECTIONS): closing the one "
+                    "idle the longest for each new one",
+                )
+                oldest, _ = self._idle.popitem(last=False)
+                oldest.close()  # its descriptor is closed now: one slot free
             if self.open_connections >= self.max_connections:
                 # Newcomers wait in the kernel's queue until a connection closes.
                 self._watch(False)
@@ -124,7 +143,14 @@ class Listener:
         if self.open_connections < self.max_connections:
             self._watch(True)
 
-    def connection_closed(self) -> None:
+    def waiting_for_headers(self, stream: _CountedStream, waiting: bool) -> None:
+        if waiting:
+            self._idle[stream] = None
+        else:
+            self._idle.pop(stream, None)
+
+    def connection_closed(self, stream: _CountedStream) -> None:
+        self._idle.pop(stream, None)
         self.open_connections -= 1
         if not self._resting and self.open_connections < self.max_connections:
             self._watch(True)
@@ -142,8 +168,16 @@ class _CountedStream(IOStream):
         super().__init__(connection, **kwargs)
         self._listener = listener
 
+    def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Awaitable[bytes]:
+        """Tornado reads a request's headers with this (bodies and WebSocket frames not)."""
+        future = cast("Future[bytes]", super().read_until_regex(regex, max_bytes))
+        if not future.done():
+            self._listener.waiting_for_headers(self, True)
+            future.add_done_callback(lambda _: self._listener.waiting_for_headers(self, False))
+        return future
+
     def close_fd(self) -> None:
         try:
             super().close_fd()
         finally:
-            self._listener.connection_closed()
+            self._listener.connection_closed(self)

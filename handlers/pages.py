@@ -14,6 +14,7 @@ from ground.config import PROJECT_DIR
 from handlers.support.admin_access import page_admin_mode
 from handlers.support.base import Handler, Route
 from handlers.support.broadcast import Broadcaster
+from rooms.directory import RoomDirectory
 
 
 def content_security_policy(livekit_url: str) -> str:
@@ -60,11 +61,16 @@ class HealthHandler(Handler):
     Says which store and whether it works; why it does not is in the log, not here."""
 
     def initialize(
-        self, event_log: EventLog, broadcaster: Broadcaster, event_handlers: EventHandlerRunner | None
+        self,
+        event_log: EventLog,
+        broadcaster: Broadcaster,
+        event_handlers: EventHandlerRunner | None,
+        directory: RoomDirectory | None,
     ) -> None:
         self.event_log = event_log
         self.broadcaster = broadcaster
         self.event_handlers = event_handlers
+        self.directory = directory
 
     def get(self) -> None:
         store: dict[str, Any] = self.event_log.health()  # {"store", "ok"}: no error text
@@ -76,6 +82,13 @@ class HealthHandler(Handler):
         }
         if self.event_handlers:  # parked events are counted, not a failure
             health["eventHandlers"] = self.event_handlers.health()
+        if self.directory is not None:
+            # LiveKit unreachable is reported, not a failure of this server (tokens still work);
+            # a background task that is down makes it "degraded" (still 200: see the docs).
+            rooms = self.directory.health()
+            health["rooms"] = rooms
+            if rooms["down"] and store["ok"]:
+                health["status"] = "degraded"
         self.write_json(health, status=status)
 
     head = get  # load balancers check with HEAD
@@ -98,12 +111,20 @@ class VendorFileHandler(StaticFileHandler):
 
 
 def routes(
-    event_log: EventLog, broadcaster: Broadcaster, event_handlers: EventHandlerRunner | None
+    event_log: EventLog,
+    broadcaster: Broadcaster,
+    event_handlers: EventHandlerRunner | None,
+    directory: RoomDirectory | None = None,
 ) -> list[Route]:
     """The demo page, health, and the npm packages the page loads from this origin."""
     vendor = PROJECT_DIR / "node_modules"
     jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
-    health = {"event_log": event_log, "broadcaster": broadcaster, "event_handlers": event_handlers}
+    health = {
+        "event_log": event_log,
+        "broadcaster": broadcaster,
+        "event_handlers": event_handlers,
+        "directory": directory,
+    }
     return [
         (r"/", IndexHandler, {"jinja": jinja}),
         (r"/healthz", HealthHandler, health),

@@ -39,6 +39,7 @@ from handlers.support.observe import timed_store
 from handlers.support.origins import EveryOriginChecked, same_origin
 from rooms import Rooms
 from rooms.bans import MAX_BAN_SECONDS, BansUnavailable
+from rooms.names import nfc
 from rooms.shapes import JsonObject, participant_json, room_json, track_json
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class AdminHandler(Handler):
         self.log_fields = {"by": self.caller}
         super().prepare()
 
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        return nfc(super().decode_argument(value, name))  # rooms and identities, as /token spells them
+
     def body(self) -> dict[str, Any]:
         return self.json_object() if self.request.body else {}
 
@@ -87,7 +91,7 @@ class AdminHandler(Handler):
         return client
 
     async def ask(self, call: Any, not_found: str = "") -> Any:
-        return await room_service(call, self.config.livekit_http_url, not_found)
+        return await room_service(self.rooms.calls, call, not_found)
 
     async def participant(self, room: str, identity: str) -> ParticipantInfo:
         request = RoomParticipantIdentity(room=room, identity=identity)

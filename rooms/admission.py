@@ -14,17 +14,25 @@ from extensions.authorize import Grant, TokenRequest
 from ground.config import Config
 from ground.errors import ApiError
 from rooms.bans import BanStore, BansUnavailable
-from rooms.livekit import LiveKitUnavailable, ask_livekit
+from rooms.livekit import LiveKitCalls, LiveKitUnavailable
+from rooms.names import canonical
 
 # alice, alice-2 ... alice-100: beyond that the room has bigger problems.
 MAX_SUFFIX = 100
 
 
 class Admission:
-    def __init__(self, config: Config, bans: BanStore, livekit_api: LiveKitAPI | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        bans: BanStore,
+        livekit_api: LiveKitAPI | None,
+        calls: LiveKitCalls | None = None,
+    ) -> None:
         self.config = config
         self.bans = bans
         self.livekit_api = livekit_api
+        self.calls = calls or LiveKitCalls(config)
 
     async def admit(self, room: str, identity: str, name: str) -> tuple[str, str]:
         """The identity and display name to put in the token, or ApiError: 403 for a
@@ -33,8 +41,8 @@ class Admission:
         await self._refuse_if_banned(room, identity)
         if self.config.identity_conflict == "replace":
             return identity, name  # LiveKit's own behaviour: the newcomer replaces the one in the room
-        present = await self._identities_in(room)
-        if identity not in present:
+        present = await self._identities_in(room)  # canonical keys: look-alikes are the same
+        if canonical(identity) not in present:
             return identity, name
         if self.config.identity_conflict == "reject":
             raise ApiError(
@@ -43,7 +51,7 @@ class Admission:
             )
         for number in range(2, MAX_SUFFIX + 1):
             candidate = f"{identity}-{number}"
-            if candidate not in present:
+            if canonical(candidate) not in present:
                 await self._refuse_if_banned(room, candidate)
                 return candidate, name or identity  # the display name stays what they typed
         raise ApiError(409, f"{identity!r} and {MAX_SUFFIX - 1} suffixed names are in room {room!r} already")
@@ -67,14 +75,13 @@ class Admission:
         if self.livekit_api is None:
             raise ApiError(503, f"{what}, and this server has no LiveKit API client")
         try:
-            answer = await ask_livekit(
-                self.livekit_api.room.list_participants(ListParticipantsRequest(room=room)),
-                self.config.livekit_http_url,
+            answer = await self.calls.ask(
+                self.livekit_api.room.list_participants(ListParticipantsRequest(room=room)), "admission"
             )
         except (LiveKitUnavailable, ServerError) as error:
             raise ApiError(503, f"{what}: {error}") from None
         return {
-            participant.identity
+            canonical(participant.identity)
             for participant in answer.participants
             if participant.state != ParticipantInfo.State.DISCONNECTED
         }

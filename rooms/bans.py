@@ -1,6 +1,9 @@
 """Bans: an identity kept out of a room until a time, in the store the events use,
 so that every instance refuses the same tokens.
 
+Rooms and identities are kept by their canonical key (rooms/names.py): a ban on `bob`
+holds for every identity that looks like `bob`.
+
 SQLite: a `bans` table in the event log's file, read into memory at start-up and
 written through (one instance per file, as the event log). Redis: one sorted set per
 room (`livekit:bans:<room>`, identity -> end in ms), which expires with its last ban.
@@ -22,6 +25,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from ground.config import Config
+from rooms.names import canonical
 
 MAX_BAN_SECONDS = 365 * 86_400
 REDIS_KEY_PREFIX = "livekit:bans:"
@@ -116,6 +120,7 @@ class SqliteBans(BanStore):
             raise BansUnavailable(f"The ban list could not be written: {error}") from None
 
     async def ban(self, room: str, identity: str, seconds: int) -> Ban:
+        room, identity = canonical(room), canonical(identity)
         ends = _now_ms() + seconds * 1000
         await self._write(
             "INSERT INTO bans (room, identity, ends_at_ms) VALUES (?, ?, ?)"
@@ -126,12 +131,14 @@ class SqliteBans(BanStore):
         return Ban(room, identity, ends)
 
     async def lift(self, room: str, identity: str) -> bool:
+        room, identity = canonical(room), canonical(identity)
         in_force = await self.find(room, identity) is not None
         await self._write("DELETE FROM bans WHERE room = ? AND identity = ?", (room, identity))
         self._bans.pop((room, identity), None)
         return in_force
 
     async def find(self, room: str, identity: str) -> Ban | None:
+        room, identity = canonical(room), canonical(identity)
         ends = self._bans.get((room, identity))
         if ends is None:
             return None
@@ -141,6 +148,7 @@ class SqliteBans(BanStore):
         return Ban(room, identity, ends)
 
     async def list(self, room: str) -> list[Ban]:
+        room = canonical(room)
         now = _now_ms()
         return sorted(
             (
@@ -169,6 +177,7 @@ class RedisBans(BanStore):
             raise BansUnavailable(f"The ban list in Redis is unavailable: {error}") from None
 
     async def ban(self, room: str, identity: str, seconds: int) -> Ban:
+        room, identity = canonical(room), canonical(identity)
         ends = _now_ms() + seconds * 1000
         key = REDIS_KEY_PREFIX + room
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -180,17 +189,20 @@ class RedisBans(BanStore):
         return Ban(room, identity, ends)
 
     async def lift(self, room: str, identity: str) -> bool:
+        room, identity = canonical(room), canonical(identity)
         in_force = await self.find(room, identity) is not None
         await self._ask(self._redis.zrem(REDIS_KEY_PREFIX + room, identity))
         return in_force
 
     async def find(self, room: str, identity: str) -> Ban | None:
+        room, identity = canonical(room), canonical(identity)
         ends = await self._ask(self._redis.zscore(REDIS_KEY_PREFIX + room, identity))
         if ends is None or ends <= _now_ms():
             return None
         return Ban(room, identity, int(ends))
 
     async def list(self, room: str) -> list[Ban]:
+        room = canonical(room)
         entries = await self._ask(
             self._redis.zrangebyscore(REDIS_KEY_PREFIX + room, f"({_now_ms()}", "+inf", withscores=True)
         )

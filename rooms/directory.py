@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,7 +28,8 @@ from livekit.protocol.room import ListParticipantsRequest, ListRoomsRequest
 
 from eventlog import EventLog, StoreUnavailable
 from ground.config import Config
-from rooms.livekit import LiveKitUnavailable, ask_livekit
+from ground.supervisor import Supervisor
+from rooms.livekit import LiveKitCalls, LiveKitUnavailable
 from rooms.shapes import JsonObject, parse_participant, parse_room, parse_track, participant_json, room_json
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,6 @@ READ_BYTES = 1024 * 1024
 RETRY_SECONDS = 5.0  # after a failed reconcile, sooner than the period
 MIN_RECONCILE_GAP = 1.0  # a burst of surprises makes one reconcile, not many
 REMEMBERED_DEPARTURES = 10_000
-LISTING_CONCURRENCY = 8
 
 
 class DirectoryListener(Protocol):
@@ -57,14 +58,26 @@ class DirectoryRoom:
 
 
 class RoomDirectory:
-    def __init__(self, config: Config, event_log: EventLog, livekit_api: LiveKitAPI | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        event_log: EventLog,
+        livekit_api: LiveKitAPI | None,
+        calls: LiveKitCalls | None = None,
+    ) -> None:
         self.config = config
+        self.calls = calls or LiveKitCalls(config)
         self.event_log = event_log
         self.livekit_api = livekit_api
         self.rooms: dict[str, DirectoryRoom] = {}
         self.status: JsonObject = {"ok": None, "reconciledAt": None, "error": ""}
         self._listeners: set[DirectoryListener] = set()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.supervisor = Supervisor()
+        self._started = False
+        self._cursor: str | None = None
+        # Told of each participant seen joining or listed by a reconcile (ban enforcement).
+        self.on_participant: Callable[[str, str, str], None] | None = None
+        self._reader_runs = 0
         self._reconcile_soon = asyncio.Event()
         # Events applied while a reconcile was asking LiveKit: applied again on its answer.
         self._during_reconcile: list[JsonObject] | None = None
@@ -100,22 +113,25 @@ class RoomDirectory:
     # Lifecycle.
 
     async def start(self) -> None:
-        """Reconcile and follow the event log in the background, from now on."""
-        if self._tasks:
+        """Reconcile and follow the event log in the background, from now on; each task
+        supervised: one that fails is logged, shown in /healthz and started again."""
+        if self._started:
             return
-        cursor = await self._newest_cursor()
-        for work in (self._reconcile_forever(), self._follow_events(cursor)):
-            task = asyncio.create_task(work)
-            task.add_done_callback(_log_if_failed)
-            self._tasks.append(task)
+        self._started = True
+        self._cursor = await self._newest_cursor()
+        self.supervisor.start("the room directory's reconcile", self._reconcile_forever)
+        self.supervisor.start("the room directory's event reader", self._follow_events)
+
+    def health(self) -> JsonObject:
+        """For /healthz: whether LiveKit answered the last reconcile and which tasks are
+        down, never why (the log says; /live/rooms tells admins)."""
+        livekit = {"ok": self.status["ok"], "reconciledAt": self.status["reconciledAt"]}
+        return {"livekit": livekit, "down": sorted(self.supervisor.health())}
 
     async def close(self, code: int = 1001, reason: str = "Server shutting down") -> None:
         for listener in tuple(self._listeners):
             listener.close(code, reason)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.supervisor.stop()
 
     def request_reconcile(self, why: str) -> None:
         if not self._reconcile_soon.is_set():
@@ -130,9 +146,14 @@ class RoomDirectory:
         except StoreUnavailable:
             return None
 
-    async def _follow_events(self, cursor: str | None) -> None:
+    async def _follow_events(self) -> None:
+        """From self._cursor on; a restart after a failure goes on from where it was."""
         store_failed = False
+        if self._reader_runs:
+            self.request_reconcile("the event reader started again")
+        self._reader_runs += 1
         while True:
+            cursor = self._cursor
             try:
                 missed = False
                 if cursor is None:  # the newest READ_BATCH; more were kept: some were missed
@@ -147,14 +168,14 @@ class RoomDirectory:
                 self.request_reconcile("events may have been missed")
                 store_failed = False
             if page.unknown_cursor:  # another log (a wiped Redis): follow it from its newest
-                cursor = None
+                self._cursor = None
                 continue
             for entry in page.entries:
                 try:
                     self.apply(orjson.loads(entry.event_json))
                 except Exception:  # one strange event must not stop the directory
                     log.exception("rooms: could not apply the event at cursor %s", entry.cursor)
-            cursor = page.resume or cursor
+            self._cursor = page.resume or cursor
             if not page.more:
                 await asyncio.sleep(POLL_SECONDS)
 
@@ -216,6 +237,8 @@ class RoomDirectory:
         if name not in self.rooms and not replaying:
             self.request_reconcile(f"a participant joined room {name!r}, whose start was not seen")
         self._room(name, event["room"]).participants[participant.identity] = participant_json(participant)
+        if self.on_participant is not None and not replaying:
+            self.on_participant(name, participant.identity, participant.sid)
         return True
 
     def _participant_left(self, name: str, participant_data: Any) -> bool:
@@ -297,18 +320,20 @@ class RoomDirectory:
             if room is None or before.get(name) != room.json():
                 self._room_changed(name)
         self._set_status(True, "")
+        if self.on_participant is not None:
+            for name, room in self.rooms.items():
+                for identity, participant in room.participants.items():
+                    self.on_participant(name, identity, participant["sid"])
         return True
 
     async def _list_everything(self, client: LiveKitAPI) -> dict[str, DirectoryRoom]:
-        url = self.config.livekit_http_url
-        rooms = (await ask_livekit(client.room.list_rooms(ListRoomsRequest()), url)).rooms
-        limit = asyncio.Semaphore(LISTING_CONCURRENCY)
+        rooms = (await self.calls.ask(client.room.list_rooms(ListRoomsRequest()), "directory")).rooms
 
         async def participants_of(name: str) -> list[ParticipantInfo]:
-            async with limit:
-                answer = await ask_livekit(
-                    client.room.list_participants(ListParticipantsRequest(room=name)), url
-                )
+            # Each within the deadline; the purpose's slots bound how many at once.
+            answer = await self.calls.ask(
+                client.room.list_participants(ListParticipantsRequest(room=name)), "directory"
+            )
             return list(answer.participants)
 
         listed = await asyncio.gather(*(participants_of(room.name) for room in rooms))
@@ -334,8 +359,3 @@ class RoomDirectory:
         self.status = status
         if changed:
             self._tell({"type": "status", "livekit": status})
-
-
-def _log_if_failed(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("rooms: the room directory stopped", exc_info=task.exception())

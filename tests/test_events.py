@@ -293,7 +293,9 @@ def test_a_store_file_deleted_or_replaced_while_running_is_not_written_to(
     after = webhook_event("room_started", room="after")
     assert post_webhook(server.url, after) == 503  # not acknowledged: LiveKit retries
     assert post_webhook(server.url, after) == 503
-    assert health_of(server) == (
+    status, health = health_of(server)
+    health.pop("rooms")  # the room directory's part: LiveKit is not running here
+    assert (status, health) == (
         503,
         {"status": "degraded", "eventStore": {"store": "sqlite", "ok": False}, "sockets": 1},
     )

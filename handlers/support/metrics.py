@@ -214,4 +214,11 @@ class _EventHandlers(Collector):
         )
         for handler, count in health.get("parkedBy", {}).items():
             parked.add_metric([str(handler)], count)
-        yield from (handled, skipped, parked)
+        waiting = GaugeMetricFamily(
+            "livekit_app_event_handler_oldest_pending_seconds",
+            "How long the oldest event an event handler has yet to finish has waited (0: none), by handler",
+            labels=["handler"],
+        )
+        for handler, seconds in health.get("oldestPendingSeconds", {}).items():
+            waiting.add_metric([str(handler)], seconds)
+        yield from (handled, skipped, parked, waiting)

@@ -16,6 +16,7 @@ from extensions.authorize import AuthorizeError, Grant, Refuse, Step, TokenReque
 from ground.config import CLIENT_SETTABLE, DISPATCH_FIELDS, MAX_TOKEN_TTL
 from ground.credentials import secret_matches
 from ground.errors import ApiError
+from rooms.names import nfc
 
 
 def built_in_authorize(request: TokenRequest, grant: Grant) -> Grant:
@@ -113,7 +114,7 @@ def identifier(value: str, field: str) -> str:
             400,
             f"{field} must not contain control characters or invisible format characters (U+{ord(char):04X})",
         )
-    return value
+    return nfc(value)  # one spelling of each name (rooms/names.py)
 
 
 def text(value: str, field: str) -> str:
