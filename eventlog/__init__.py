@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from eventlog.base import START, Entry, EventLog, Listener, Page, StoreUnavailable
+from eventlog.base import START, Entry, EventLog, Listener, Page, StoreUnavailable, Told
 from ground.config import Config
 
-__all__ = ["START", "Entry", "EventLog", "Listener", "Page", "StoreUnavailable", "open_event_log"]
+__all__ = ["START", "Entry", "EventLog", "Listener", "Page", "StoreUnavailable", "Told", "open_event_log"]
 
 
 def open_event_log(config: Config) -> EventLog:

@@ -24,6 +24,7 @@ from eventlog.base import (
     EventLog,
     Page,
     StoreUnavailable,
+    Told,
     make_cursor,
     new_log_id,
     parse_cursor,
@@ -98,6 +99,8 @@ class SqliteEventLog(EventLog):
         db.execute("COMMIT")
         # Which file this is: a commit is acknowledged only while EVENTS_DB still names it.
         self._file = self._identity()
+        newest = db.execute("SELECT max(seq) FROM events").fetchone()[0]
+        self.told = Told((newest or 0, 0), None if newest is None else make_cursor(self.log_id, str(newest)))
         db.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")  # from now on writes wait in _begin
         return db
 
