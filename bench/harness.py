@@ -48,6 +48,7 @@ class Server:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
+    command: list[str] | None = None  # instead of the kind's own (bench/profile.py: under cProfile)
 
     COMMANDS: ClassVar[dict[str, list[str]]] = {
         "ours": [sys.executable, str(PROJECT_DIR / "server.py")],
@@ -75,7 +76,7 @@ class Server:
         }
         started = time.monotonic()
         self.process = subprocess.Popen(
-            pinned(SERVER_CPU, self.COMMANDS[self.kind]),
+            pinned(SERVER_CPU, self.command or self.COMMANDS[self.kind]),
             env=env,
             cwd=self.workdir,
             stdout=subprocess.DEVNULL,
