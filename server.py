@@ -10,6 +10,8 @@ import socket
 import sqlite3
 import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -39,6 +41,7 @@ from handlers.support.observe import setup_logging
 from handlers.support.token_rules import BUILT_IN
 from rooms import Rooms
 from rooms.livekit import open_livekit_api
+from workers import Supervisor
 
 log = logging.getLogger("server")
 
@@ -60,10 +63,12 @@ def make_app(
     event_log: EventLog,
     livekit_api: LiveKitAPI | None,
     extensions: Extensions,
+    worker: int | None = None,
 ) -> tornado.web.Application:
     """The application, from what it depends on: the settings, the event log (not started),
     the shared LiveKit API client (main() opens it; without one the admin API answers 503
-    and extensions get one made on first use), and what APP_EXTENSIONS' modules define."""
+    and extensions get one made on first use), what APP_EXTENSIONS' modules define, and
+    which of WORKERS processes this is (None: the only one)."""
     # PyJWT warns on every signature with a short key; main() warns once instead.
     warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
     broadcaster = Broadcaster()  # the one owner of the event sockets; the store tells it what is new
@@ -71,9 +76,10 @@ def make_app(
     app_context = AppContext(
         config, event_log, SharedLiveKitAPI(lambda: open_livekit_api(config), livekit_api)
     )
+    # Event handlers run once per event: in worker 0 only (restarted if it dies).
     runner = (
         EventHandlerRunner(list(extensions.event_handlers), open_feed(config, event_log), app_context)
-        if extensions.event_handlers
+        if extensions.event_handlers and not worker
         else None
     )
     rooms = Rooms(config, event_log, livekit_api)
@@ -89,7 +95,7 @@ def make_app(
     routes: list[Any] = [
         *token.routes(config, authorize, app_context),
         *webhook.routes(config, event_log),
-        *pages.routes(event_log, broadcaster, runner),
+        *pages.routes(event_log, broadcaster, runner, worker),
         *events.routes(event_log, broadcaster),
         *rooms_handlers.routes(rooms, livekit_api, event_log),
         *metrics_routes(config, metrics),
@@ -99,6 +105,7 @@ def make_app(
     return make_application(
         config,
         routes,
+        worker,
         event_log=event_log,
         broadcaster=broadcaster,
         livekit_api=livekit_api,
@@ -116,8 +123,9 @@ def make_app(
 
 
 def run() -> None:
-    """Read the config, then serve on the chosen event loop until SIGTERM, SIGINT or SIGHUP.
-    What stops it from starting is one line: exit 2 for a setting, 1 for anything else."""
+    """Read the config, then serve on the chosen event loop until SIGTERM, SIGINT or SIGHUP,
+    in this process or (WORKERS > 1) in pre-forked workers. What stops it from starting is
+    one line: exit 2 for a setting, 1 for anything else."""
     try:
         config = Config.from_env()
         extensions = load_extensions(config.app_extensions)
@@ -125,19 +133,45 @@ def run() -> None:
         print(f"Configuration error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
     setup_logging(config)
+    if config.workers == 1:
+        raise SystemExit(serve(config, extensions))
+    try:
+        sockets = listen(config)  # bound once, here: every worker accepts on them
+    except StartupError as error:
+        log.error("Cannot start: %s", error)
+        raise SystemExit(EXIT_RUNTIME) from None
+    supervisor = Supervisor(
+        config.workers, lambda worker, ready: serve(config, extensions, Worker(worker, sockets, ready))
+    )
+    raise SystemExit(supervisor.run())
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One of WORKERS processes: its number, the sockets the parent bound, and how it
+    tells the parent that it serves."""
+
+    number: int
+    sockets: list[socket.socket]
+    ready: Callable[[], None]
+
+
+def serve(config: Config, extensions: Extensions, worker: Worker | None = None) -> int:
+    """Run the server to its end in this process; its exit code."""
     try:
         if config.event_loop == "uvloop":
             import uvloop
 
-            uvloop.run(main(config, extensions))
+            uvloop.run(main(config, extensions, worker))
         else:
-            asyncio.run(main(config, extensions))
+            asyncio.run(main(config, extensions, worker))
     except ConfigError as error:  # an extension refused the settings (its setup, its routes)
         print(f"Configuration error: {error}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+        return EXIT_CONFIG
     except StartupError as error:
         log.error("Cannot start: %s", error)
-        raise SystemExit(EXIT_RUNTIME) from None
+        return EXIT_RUNTIME
+    return 0
 
 
 def explain_settings(config: Config) -> None:
@@ -169,12 +203,13 @@ async def start_app(app: tornado.web.Application) -> None:
     await app.settings["rooms"].start()
 
 
-async def main(config: Config, extensions: Extensions | None = None) -> None:
-    sockets = listen(config)
+async def main(config: Config, extensions: Extensions | None = None, worker: Worker | None = None) -> None:
+    sockets = worker.sockets if worker else listen(config)
     livekit_api = open_livekit_api(config)
     try:
-        app = make_app(config, open_event_log(config), livekit_api, extensions or Extensions())
-        event_log: EventLog = app.settings["event_log"]
+        event_log = open_event_log(config, shared=worker is not None)
+        number = worker.number if worker else None
+        app = make_app(config, event_log, livekit_api, extensions or Extensions(), number)
         await start_app(app)
     except ConfigError:
         for sock in sockets:
@@ -207,6 +242,25 @@ async def main(config: Config, extensions: Extensions | None = None) -> None:
             f"METRICS_PORT {config.metrics_port} is not available ({error.strerror or error}): "
             "set it to a free port, or unset it to serve /metrics on SERVER_PORT"
         ) from None
+    if worker is None or worker.number == 0:  # said once, not by every worker
+        explain_startup(config, event_log, listener, worker is not None)
+
+    # SIGHUP too: a closed terminal or a supervisor's reload stops the server gracefully
+    # (there is no reload: the config is read once); unless started with it ignored (nohup).
+    stopped_by: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            asyncio.get_running_loop().add_signal_handler(signum, _stop, stopped_by, signum.name)
+    if worker is not None:  # serving, and a SIGTERM from now on drains it
+        worker.ready()
+    who = f"worker {worker.number}: " if worker else ""
+    log.info("%sShutting down (%s)", who, await stopped_by)
+    await shutdown(listener, server, app)
+    log.info("%sStopped", who)
+
+
+def explain_startup(config: Config, event_log: EventLog, listener: Listener, workers: bool) -> None:
+    """The start-up lines: warnings about the settings, then where it listens."""
     if config.uses_dev_credentials:
         log.warning(
             "Using the development API key and secret (devkey/secret): fine for a local "
@@ -218,22 +272,13 @@ async def main(config: Config, extensions: Extensions | None = None) -> None:
         log.warning("WS /events and /events/history are off: in production they need EVENTS_AUTH_SECRET")
     explain_settings(config)
     log.info(
-        "Listening on http://localhost:%d (LiveKit at %s, events in %s, at most %d connections)",
+        "Listening on http://localhost:%d (LiveKit at %s, events in %s, at most %d connections%s)",
         config.server_port,
         config.livekit_url,
         event_log.kind,
         listener.max_connections,
+        " per worker" if workers else "",
     )
-
-    # SIGHUP too: a closed terminal or a supervisor's reload stops the server gracefully
-    # (there is no reload: the config is read once); unless started with it ignored (nohup).
-    stopped_by: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        if signal.getsignal(signum) != signal.SIG_IGN:
-            asyncio.get_running_loop().add_signal_handler(signum, _stop, stopped_by, signum.name)
-    log.info("Shutting down (%s)", await stopped_by)
-    await shutdown(listener, server, app)
-    log.info("Stopped")
 
 
 def _stop(stopped_by: asyncio.Future[str], signal_name: str) -> None:

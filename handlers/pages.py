@@ -60,11 +60,16 @@ class HealthHandler(Handler):
     Says which store and whether it works; why it does not is in the log, not here."""
 
     def initialize(
-        self, event_log: EventLog, broadcaster: Broadcaster, event_handlers: EventHandlerRunner | None
+        self,
+        event_log: EventLog,
+        broadcaster: Broadcaster,
+        event_handlers: EventHandlerRunner | None,
+        worker: int | None,
     ) -> None:
         self.event_log = event_log
         self.broadcaster = broadcaster
         self.event_handlers = event_handlers
+        self.worker = worker
 
     def get(self) -> None:
         store: dict[str, Any] = self.event_log.health()  # {"store", "ok"}: no error text
@@ -74,6 +79,8 @@ class HealthHandler(Handler):
             "eventStore": store,
             "sockets": self.broadcaster.count,
         }
+        if self.worker is not None:  # WORKERS > 1: which one answered
+            health["worker"] = self.worker
         if self.event_handlers:  # parked events are counted, not a failure
             health["eventHandlers"] = self.event_handlers.health()
         self.write_json(health, status=status)
@@ -98,12 +105,20 @@ class VendorFileHandler(StaticFileHandler):
 
 
 def routes(
-    event_log: EventLog, broadcaster: Broadcaster, event_handlers: EventHandlerRunner | None
+    event_log: EventLog,
+    broadcaster: Broadcaster,
+    event_handlers: EventHandlerRunner | None,
+    worker: int | None = None,
 ) -> list[Route]:
     """The demo page, health, and the npm packages the page loads from this origin."""
     vendor = PROJECT_DIR / "node_modules"
     jinja = Environment(loader=FileSystemLoader(PROJECT_DIR / "templates"), autoescape=select_autoescape())
-    health = {"event_log": event_log, "broadcaster": broadcaster, "event_handlers": event_handlers}
+    health = {
+        "event_log": event_log,
+        "broadcaster": broadcaster,
+        "event_handlers": event_handlers,
+        "worker": worker,
+    }
     return [
         (r"/", IndexHandler, {"jinja": jinja}),
         (r"/healthz", HealthHandler, health),

@@ -101,6 +101,21 @@ class TrustedRequestIdTransform(RequestIdTransform):
         return given if _VALID_REQUEST_ID.fullmatch(given) else super().choose_id(request)
 
 
+def worker_id_transform(worker: int) -> type[tornado.web.OutputTransform]:
+    """WORKERS > 1: every answer says which worker gave it (X-Worker-Id), so a client (or a
+    test) can tell two connections on different workers apart."""
+    value = str(worker)
+
+    class WorkerIdTransform(tornado.web.OutputTransform):
+        def transform_first_chunk(
+            self, status_code: int, headers: tornado.httputil.HTTPHeaders, chunk: bytes, finishing: bool
+        ) -> tuple[int, tornado.httputil.HTTPHeaders, bytes]:
+            headers["X-Worker-Id"] = value
+            return status_code, headers, chunk
+
+    return WorkerIdTransform
+
+
 def request_id_transform(config: Config) -> type[RequestIdTransform]:
     return TrustedRequestIdTransform if config.trust_proxy_headers else RequestIdTransform
 

@@ -1,0 +1,203 @@
+"""WORKERS=N: pre-forked processes sharing one port behave, from a client's point of view,
+like one server (issue 21). Real processes: `python server.py` with WORKERS=2 and 3."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+from tornado.websocket import websocket_connect
+
+from tests.conftest import events_url, run_async, webhook_event, webhook_request
+from tests.test_startup import FAILURES, run_server, without_root_file_access
+
+WORKER_COUNTS = [2, 3]
+
+
+def health(url: str) -> tuple[dict[str, Any], str]:
+    with urllib.request.urlopen(url + "/healthz", timeout=5) as answer:
+        return json.loads(answer.read()), answer.headers["X-Worker-Id"]
+
+
+def workers_seen(url: str, count: int) -> set[str]:
+    """Ask /healthz (a new connection each time) until `count` workers answered."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + 20  # a replaced worker starts after a pause
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+        body, header = health(url)
+        assert str(body["worker"]) == header
+        seen.add(header)
+        if len(seen) == count:
+            break
+    return seen
+
+
+async def sockets_on_every_worker(url: str, count: int) -> dict[str, Any]:
+    """One events socket per worker: connect until each worker holds one (its handshake
+    says which), closing the spare ones."""
+    held: dict[str, Any] = {}
+    for _ in range(400):
+        socket = await websocket_connect(events_url(url))
+        worker = socket.headers["X-Worker-Id"]
+        if worker in held:
+            socket.close()
+        else:
+            held[worker] = socket
+        if len(held) == count:
+            return held
+    raise AssertionError(f"sockets reached only workers {sorted(held)}")
+
+
+async def post_spread(url: str, events: list[dict[str, Any]], clients: int = 8) -> dict[str, str]:
+    """POST every event, `clients` at a time; event id -> the worker that acknowledged it."""
+    client = AsyncHTTPClient(force_instance=True, max_clients=clients)
+    acknowledged: dict[str, str] = {}
+
+    async def post(event: dict[str, Any]) -> None:
+        answer = await client.fetch(url + "/livekit/webhook", **webhook_request(event))
+        assert answer.code == 200
+        acknowledged[event["id"]] = answer.headers["X-Worker-Id"]
+
+    try:
+        await asyncio.gather(*(post(event) for event in events))
+    finally:
+        client.close()
+    return acknowledged
+
+
+async def read_events(socket: Any, count: int) -> list[dict[str, Any]]:
+    frames: list[dict[str, Any]] = []
+    while len(frames) < count:
+        message = await asyncio.wait_for(socket.read_message(), 20)
+        assert message is not None, "socket closed early"
+        frame = json.loads(message)
+        if "cursor" in frame:
+            frames.append(frame)
+    with_more = await asyncio.wait({asyncio.ensure_future(socket.read_message())}, timeout=0.5)
+    assert not with_more[0] or "cursor" not in json.loads(with_more[0].pop().result() or "{}"), "a duplicate"
+    socket.close()
+    return frames
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_every_socket_on_every_worker_gets_every_event_once_in_one_order(
+    server_process: Any, redis_server: Any, workers: int, store: str
+) -> None:
+    env = {"EVENTS_REDIS_URL": redis_server().url} if store == "redis" else {}
+    server = server_process(WORKERS=str(workers), EVENTS_REPLAY="0", LOG_LEVEL="INFO", **env)
+    events = [
+        webhook_event("participant_joined", room="w", participant={"identity": f"p{n}"}) for n in range(1000)
+    ]
+
+    async def scenario() -> tuple[dict[str, str], dict[str, list[dict[str, Any]]]]:
+        sockets = await sockets_on_every_worker(server.url, workers)
+        acknowledged = await post_spread(server.url, events)
+        received = dict(
+            zip(
+                sockets,
+                await asyncio.gather(*(read_events(s, len(events)) for s in sockets.values())),
+                strict=True,
+            )
+        )
+        return acknowledged, received
+
+    acknowledged, received = run_async(scenario())
+    assert set(acknowledged.values()) == {str(n) for n in range(workers)}  # every worker acknowledged some
+    orders = {worker: [frame["cursor"] for frame in frames] for worker, frames in received.items()}
+    first = next(iter(orders.values()))
+    assert all(order == first for order in orders.values())  # the same cursors, in one order
+    for frames in received.values():
+        assert sorted(frame["event"]["id"] for frame in frames) == sorted(acknowledged)  # each once
+    # A client that reconnects with a cursor gets the rest, whichever worker it lands on.
+    history = json.loads(urllib.request.urlopen(server.url + f"/events/history?since={first[989]}").read())
+    assert [frame["cursor"] for frame in history] == first[990:]
+
+
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_health_names_the_worker_and_every_worker_answers(server_process: Any, workers: int) -> None:
+    server = server_process(WORKERS=str(workers), LOG_LEVEL="INFO")
+    assert workers_seen(server.url, workers) == {str(n) for n in range(workers)}
+    log = server.log_text()
+    assert log.count("Listening on") == 1 and f"Serving with {workers} workers" in log
+
+
+def started(server: Any, workers: int) -> Any:
+    """The server once every worker serves (it answers as soon as worker 0 does)."""
+    deadline = time.monotonic() + 30
+    while f"Serving with {workers} workers" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+    return server
+
+
+def worker_pids(parent: int) -> list[int]:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_a_killed_worker_is_replaced_and_logged(server_process: Any, workers: int) -> None:
+    server = started(server_process(WORKERS=str(workers), LOG_LEVEL="INFO"), workers)
+    assert server.process is not None
+    before = worker_pids(server.process.pid)
+    assert len(before) == workers
+    os.kill(before[-1], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while "was killed by signal 9; starting another" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (
+        f"worker {workers - 1} (pid {before[-1]}) was killed by signal 9; starting another"
+        in server.log_text()
+    )
+    assert workers_seen(server.url, workers) == {str(n) for n in range(workers)}  # the new one serves
+    after = worker_pids(server.process.pid)
+    assert len(after) == workers and before[-1] not in after
+
+
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_sigterm_drains_every_worker(server_process: Any, workers: int) -> None:
+    server = started(server_process(WORKERS=str(workers), LOG_LEVEL="INFO"), workers)
+
+    async def open_then_stop() -> list[int | None]:
+        sockets = await sockets_on_every_worker(server.url, workers)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        codes = []
+        for socket in sockets.values():  # each worker says goodbye to its sockets
+            while await asyncio.wait_for(socket.read_message(), 10) is not None:
+                pass
+            codes.append(socket.close_code)
+            socket.close()
+        return codes
+
+    assert run_async(open_then_stop()) == [1001] * workers
+    assert server.process is not None and server.process.wait(10) == 0
+    log = server.log_text()
+    for worker in range(workers):
+        assert f"worker {worker}: Stopped" in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("failure", FAILURES[:6], ids=[failure[0] for failure in FAILURES[:6]])
+def test_a_start_up_failure_with_workers_is_one_line(tmp_path: Path, failure: tuple[Any, ...]) -> None:
+    _, setup, env, exit_code, says = failure
+    result = run_server(tmp_path, {"WORKERS": "3", **env, **setup(tmp_path)}, without_root_file_access)
+    output = (result.stdout + result.stderr).strip()
+    assert "Traceback" not in output and len(output.splitlines()) == 1, output
+    assert all(part in output for part in says) and result.returncode == exit_code, output
+
+
+@pytest.mark.parametrize("value", ["0", "many", "1000"])
+def test_workers_must_be_a_number_or_auto(tmp_path: Path, value: str) -> None:
+    result = run_server(tmp_path, {"WORKERS": value}, without_root_file_access)
+    assert result.returncode == 2 and "WORKERS" in result.stderr
