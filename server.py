@@ -235,8 +235,9 @@ async def main(config: Config, extensions: Extensions | None = None, worker: Wor
     )
     listener = Listener(server, sockets, max_connections(config))
     listener.start()
-    try:
-        app.settings["metrics_server"] = listen_metrics(config, app.settings["metrics"])
+    try:  # METRICS_PORT: one port, so one worker serves it (WORKERS)
+        if worker is None or worker.number == 0:
+            app.settings["metrics_server"] = listen_metrics(config, app.settings["metrics"])
     except OSError as error:
         raise StartupError(
             f"METRICS_PORT {config.metrics_port} is not available ({error.strerror or error}): "
