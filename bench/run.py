@@ -2,7 +2,8 @@
 table and written with a description of the machine to bench/results.md.
 
 BENCH_ROUNDS (default 5 for tokens, 3 elsewhere) and BENCH_SIZES (default
-1,100,1000,5000) make it shorter or longer. BENCH_ONLY=metrics,tokens runs only the
+1,100,1000,5000) make it shorter or longer. The last section runs unpinned (the way a
+user compares servers on one box), with WORKERS=auto. BENCH_ONLY=metrics,tokens runs only the
 sections whose titles start with those words, and prints without writing results.md.
 """
 
@@ -429,6 +430,68 @@ def bench_redis(workdir: Path) -> list[Figure]:
     return [p50, p99]
 
 
+def bench_unpinned(workdir: Path) -> list[Figure]:
+    """The way a user compares two servers on one box: nothing pinned, wrk sharing the
+    cores. Ours with WORKERS=auto against the seed-style Express server (one node
+    process) and Express under node:cluster (one process per core); and durable webhooks
+    per second with WORKERS=auto against WORKERS=1."""
+    requests_file = workdir / "webhooks.tsv"
+    if not requests_file.exists():
+        write_webhook_file(requests_file, 40_000)
+    kinds = ["ours", "express", "express-cluster"]
+    tokens: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for order in alternating(kinds, ROUNDS or 3):
+        for kind in order:
+            server = Server(kind, {"WORKERS": "auto"} if kind == "ours" else {}, cpu=None)
+            server.start()
+            try:
+                wrk(server.url + "/token", BENCH_DIR / "token.lua", 1, TOKEN_CONNECTIONS, cpu=None)  # warm-up
+                result = wrk(
+                    server.url + "/token", BENCH_DIR / "token.lua", LOAD_SECONDS, TOKEN_CONNECTIONS, cpu=None
+                )
+            finally:
+                server.stop()
+            if result["errors"] or result["non2xx"]:
+                raise RuntimeError(f"{kind} /token (unpinned) answered errors: {result}")
+            tokens[kind].append(result["rps"])
+    single = Figure(
+        "/token, unpinned, WORKERS=auto vs one Express process",
+        "req/s",
+        tokens["ours"],
+        tokens["express"],
+        "seed-style Express, one node process",
+        ">= 1.5x",
+    )
+    clustered = Figure(
+        "/token, unpinned, WORKERS=auto vs Express on node:cluster",
+        "req/s",
+        tokens["ours"],
+        tokens["express-cluster"],
+        "Express, one process per core",
+        ">= 1.0x",
+    )
+    single.met = statistics.median(single.ratios) >= 1.5
+    clustered.met = statistics.median(clustered.ratios) >= 1.0
+    webhooks = Figure(
+        "webhooks stored/s, unpinned, WORKERS=auto", "/s", baseline="ours, WORKERS=1", target=">= 3000/s"
+    )
+    for order in alternating(["auto", "1"], ROUNDS or 3):
+        for workers in order:
+            server = Server("ours", {"WORKERS": workers}, cpu=None)
+            server.start()
+            try:
+                result = wrk(
+                    server.url, BENCH_DIR / "webhooks.lua", LOAD_SECONDS, 16, str(requests_file), cpu=None
+                )
+            finally:
+                server.stop()
+            if result["errors"] or result["non2xx"]:
+                raise RuntimeError(f"webhooks with WORKERS={workers} not clean: {result}")
+            (webhooks.ours if workers == "auto" else webhooks.base).append(result["rps"])
+    webhooks.met = statistics.median(webhooks.ours) >= 3000
+    return [single, clustered, webhooks]
+
+
 def bench_startup() -> list[Figure]:
     figure = Figure("start-up to first 200 on /healthz", "ms", baseline="bare Tornado")
     for order in alternating(["ours", "bare"], ROUNDS or 5):
@@ -472,6 +535,7 @@ def main() -> None:
         ("Fan-out and memory", bench_fanout),
         ("Redis", lambda: bench_redis(workdir)),
         ("Start-up", bench_startup),
+        ("Unpinned, with workers", lambda: bench_unpinned(workdir)),
         ("Metrics cost", lambda: bench_metrics(workdir)),
     ]
     if ONLY:
