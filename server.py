@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import signal
 import socket
 import sqlite3
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +55,7 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 SHUTDOWN_SECONDS = 3.5
 CONNECTIONS_CLOSE_SECONDS = 0.5
 EXIT_CONFIG, EXIT_RUNTIME = 2, 1
+SHARED_MEMORY = "/dev/shm"
 
 
 class StartupError(Exception):
@@ -64,11 +68,13 @@ def make_app(
     livekit_api: LiveKitAPI | None,
     extensions: Extensions,
     worker: int | None = None,
+    shared_dir: str | None = None,
 ) -> tornado.web.Application:
     """The application, from what it depends on: the settings, the event log (not started),
     the shared LiveKit API client (main() opens it; without one the admin API answers 503
     and extensions get one made on first use), what APP_EXTENSIONS' modules define, and
-    which of WORKERS processes this is (None: the only one)."""
+    with WORKERS, which process this is (None: the only one) and the directory the
+    processes share (server.run makes it)."""
     # PyJWT warns on every signature with a short key; main() warns once instead.
     warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
     broadcaster = Broadcaster()  # the one owner of the event sockets; the store tells it what is new
@@ -93,7 +99,7 @@ def make_app(
     )
     # Each module's routes, tried in order: the busiest endpoint first; extensions' last.
     routes: list[Any] = [
-        *token.routes(config, authorize, app_context),
+        *token.routes(config, authorize, app_context, shared_dir),
         *webhook.routes(config, event_log),
         *pages.routes(event_log, broadcaster, runner, worker),
         *events.routes(event_log, broadcaster),
@@ -140,20 +146,31 @@ def run() -> None:
     except StartupError as error:
         log.error("Cannot start: %s", error)
         raise SystemExit(EXIT_RUNTIME) from None
-    supervisor = Supervisor(
-        config.workers, lambda worker, ready: serve(config, extensions, Worker(worker, sockets, ready))
+    # What the workers share beside the store (the rate limit's buckets): in memory
+    # where the machine has a memory file system; made here, removed when they are done.
+    shared_dir = tempfile.mkdtemp(
+        prefix="livekit-app-", dir=SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else None
     )
-    raise SystemExit(supervisor.run())
+    supervisor = Supervisor(
+        config.workers,
+        lambda worker, ready: serve(config, extensions, Worker(worker, sockets, ready, shared_dir)),
+    )
+    try:
+        code = supervisor.run()
+    finally:
+        shutil.rmtree(shared_dir, ignore_errors=True)
+    raise SystemExit(code)
 
 
 @dataclass(frozen=True)
 class Worker:
-    """One of WORKERS processes: its number, the sockets the parent bound, and how it
-    tells the parent that it serves."""
+    """One of WORKERS processes: its number, the sockets the parent bound, how it tells
+    the parent that it serves, and the directory the workers share."""
 
     number: int
     sockets: list[socket.socket]
     ready: Callable[[], None]
+    shared_dir: str
 
 
 def serve(config: Config, extensions: Extensions, worker: Worker | None = None) -> int:
@@ -208,8 +225,8 @@ async def main(config: Config, extensions: Extensions | None = None, worker: Wor
     livekit_api = open_livekit_api(config)
     try:
         event_log = open_event_log(config, shared=worker is not None)
-        number = worker.number if worker else None
-        app = make_app(config, event_log, livekit_api, extensions or Extensions(), number)
+        number, shared_dir = (worker.number, worker.shared_dir) if worker else (None, None)
+        app = make_app(config, event_log, livekit_api, extensions or Extensions(), number, shared_dir)
         await start_app(app)
     except ConfigError:
         for sock in sockets:

@@ -26,6 +26,8 @@ from typing import Any
 
 from bench.harness import (
     BENCH_DIR,
+    LOAD_CPU,
+    SERVER_CPU,
     Clients,
     Figure,
     Server,
@@ -492,6 +494,41 @@ def bench_unpinned(workdir: Path) -> list[Figure]:
     return [single, clustered, webhooks]
 
 
+def bench_rate_limit() -> list[Figure]:
+    """What TOKEN_RATE_LIMIT costs /token, with a limit no one reaches against none: one
+    process (buckets in a dict), pinned; and WORKERS=2 (buckets shared in a mapped file),
+    unpinned."""
+    figures = []
+    for workers, cpu in (("1", SERVER_CPU), ("2", None)):
+        figure = Figure(
+            f"/token with the rate limit on, WORKERS={workers}" + (", unpinned" if cpu is None else ""),
+            "req/s",
+            baseline="the same, TOKEN_RATE_LIMIT=0",
+        )
+        for order in alternating(["on", "off"], ROUNDS or 3):
+            for limit in order:
+                env = {"WORKERS": workers, "TOKEN_RATE_LIMIT": "1000000000" if limit == "on" else "0"}
+                server = Server("ours", env, cpu=cpu)
+                server.start()
+                load_cpu = LOAD_CPU if cpu else None
+                try:
+                    wrk(server.url + "/token", BENCH_DIR / "token.lua", 1, TOKEN_CONNECTIONS, cpu=load_cpu)
+                    result = wrk(
+                        server.url + "/token",
+                        BENCH_DIR / "token.lua",
+                        LOAD_SECONDS,
+                        TOKEN_CONNECTIONS,
+                        cpu=load_cpu,
+                    )
+                finally:
+                    server.stop()
+                if result["errors"] or result["non2xx"]:
+                    raise RuntimeError(f"/token with the rate limit {limit} answered errors: {result}")
+                (figure.ours if limit == "on" else figure.base).append(result["rps"])
+        figures.append(figure)
+    return figures
+
+
 def bench_startup() -> list[Figure]:
     figure = Figure("start-up to first 200 on /healthz", "ms", baseline="bare Tornado")
     for order in alternating(["ours", "bare"], ROUNDS or 5):
@@ -537,6 +574,7 @@ def main() -> None:
         ("Start-up", bench_startup),
         ("Unpinned, with workers", lambda: bench_unpinned(workdir)),
         ("Metrics cost", lambda: bench_metrics(workdir)),
+        ("Rate limit cost", bench_rate_limit),
     ]
     if ONLY:
         sections = [(title, run) for title, run in sections if title.lower().startswith(tuple(ONLY))]

@@ -4,10 +4,12 @@ like one server (issue 21). Real processes: `python server.py` with WORKERS=2 an
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -201,3 +203,44 @@ def test_a_start_up_failure_with_workers_is_one_line(tmp_path: Path, failure: tu
 def test_workers_must_be_a_number_or_auto(tmp_path: Path, value: str) -> None:
     result = run_server(tmp_path, {"WORKERS": value}, without_root_file_access)
     assert result.returncode == 2 and "WORKERS" in result.stderr
+
+
+def token_answer(url: str, source: str = "127.0.0.1") -> tuple[int, str]:
+    """POST /token on a new connection from the loopback address `source` (each address
+    is another client): the status and the worker that answered."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(
+        parts.hostname or "", parts.port, timeout=20, source_address=(source, 0)
+    )
+    try:
+        body = json.dumps({"roomName": "limits", "participantName": "p"})
+        connection.request("POST", "/token", body, {"Content-Type": "application/json"})
+        answer = connection.getresponse()
+        answer.read()
+        return answer.status, answer.headers["X-Worker-Id"]
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_the_rate_limit_is_per_client_whichever_worker_answers(server_process: Any, workers: int) -> None:
+    """A client gets TOKEN_RATE_LIMIT tokens in all, not that many from each worker: ask
+    until every worker has refused it once (so each one has seen its bucket empty)."""
+    limit = 6
+    server = started(
+        server_process(WORKERS=str(workers), TOKEN_RATE_LIMIT=str(limit), LOG_LEVEL="INFO"), workers
+    )
+    began = time.monotonic()
+    answers: list[tuple[int, str]] = []
+    while len({worker for status, worker in answers if status == 429}) < workers:
+        assert len(answers) < 2000, (
+            f"429s came only from workers {sorted({w for s, w in answers if s == 429})}"
+        )
+        answers.append(token_answer(server.url))
+    refilled = (time.monotonic() - began) * limit / 60  # the bucket refills meanwhile
+    granted = [status for status, _ in answers].count(200)
+    assert [status for status, _ in answers[:limit]] == [200] * limit
+    assert limit <= granted <= limit + refilled, (granted, answers)  # per worker: >= limit * workers
+    assert {status for status, _ in answers} == {200, 429}
+    # Another client still has its whole allowance.
+    assert [token_answer(server.url, "127.0.0.3")[0] for _ in range(limit)] == [200] * limit
