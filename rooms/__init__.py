@@ -18,9 +18,12 @@ class Rooms:
     """What the rooms features share, built by make_app and kept in its settings
     (`rooms`); the LiveKitAPI client itself is `livekit_api` there, for every handler."""
 
-    def __init__(self, config: Config, event_log: EventLog, livekit_api: LiveKitAPI | None) -> None:
+    def __init__(
+        self, config: Config, event_log: EventLog, livekit_api: LiveKitAPI | None, shared: bool = False
+    ) -> None:
+        """`shared`: other processes (WORKERS) use the same store."""
         self.livekit_api = livekit_api
-        self.bans: BanStore = open_ban_store(config)
+        self.bans: BanStore = open_ban_store(config, shared)
         self.admission = Admission(config, self.bans, livekit_api)
         self.directory = RoomDirectory(config, event_log, livekit_api)
 

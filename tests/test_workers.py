@@ -11,6 +11,7 @@ import signal
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
-from tests.conftest import events_url, run_async, webhook_event, webhook_request
+from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
+from tests.admin import SECRET, admin, path_of
+from tests.conftest import events_url, request_token, require, run_async, webhook_event, webhook_request
 from tests.test_startup import FAILURES, run_server, without_root_file_access
 
 WORKER_COUNTS = [2, 3]
@@ -205,7 +208,9 @@ def test_workers_must_be_a_number_or_auto(tmp_path: Path, value: str) -> None:
     assert result.returncode == 2 and "WORKERS" in result.stderr
 
 
-def token_answer(url: str, source: str = "127.0.0.1") -> tuple[int, str]:
+def token_answer(
+    url: str, source: str = "127.0.0.1", room: str = "limits", identity: str = "p"
+) -> tuple[int, str]:
     """POST /token on a new connection from the loopback address `source` (each address
     is another client): the status and the worker that answered."""
     parts = urllib.parse.urlsplit(url)
@@ -213,7 +218,7 @@ def token_answer(url: str, source: str = "127.0.0.1") -> tuple[int, str]:
         parts.hostname or "", parts.port, timeout=20, source_address=(source, 0)
     )
     try:
-        body = json.dumps({"roomName": "limits", "participantName": "p"})
+        body = json.dumps({"roomName": room, "participantName": identity})
         connection.request("POST", "/token", body, {"Content-Type": "application/json"})
         answer = connection.getresponse()
         answer.read()
@@ -244,3 +249,87 @@ def test_the_rate_limit_is_per_client_whichever_worker_answers(server_process: A
     assert {status for status, _ in answers} == {200, 429}
     # Another client still has its whole allowance.
     assert [token_answer(server.url, "127.0.0.3")[0] for _ in range(limit)] == [200] * limit
+
+
+def from_every_worker(ask: Callable[[], tuple[Any, str]], workers: int) -> dict[str, set[Any]]:
+    """Ask (each time on a new connection) until every worker has answered; each worker's
+    answers."""
+    answers: dict[str, set[Any]] = {}
+    for _ in range(400):
+        answer, worker = ask()
+        answers.setdefault(worker, set()).add(answer)
+        if len(answers) == workers:
+            return answers
+    raise AssertionError(f"only workers {sorted(answers)} answered")
+
+
+@pytest.fixture(scope="module")
+def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    binary = find_binary()
+    require("livekit-server", binary is not None, HOW_TO_GET)
+    assert binary is not None
+    workdir = tmp_path_factory.mktemp("workers-livekit")
+    server = LiveKitServer(
+        binary, f"http://127.0.0.1:{free_port()}/livekit/webhook", log_path=workdir / "lk.log"
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+async def signal_only_participant(livekit_url: str, token: str) -> Any:
+    """A participant LiveKit lists: a client that joins over LiveKit's signal WebSocket
+    (and no media, so no browser is needed); it stays until closed or removed."""
+    socket = await websocket_connect(
+        f"{livekit_url}/rtc?access_token={token}&protocol=15&sdk=js&version=2.0.0"
+    )
+    assert await asyncio.wait_for(socket.read_message(), 20) is not None  # the join answer
+    return socket
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_a_ban_set_through_one_worker_refuses_tokens_on_every_worker(
+    livekit: LiveKitServer, server_process: Any, workers: int
+) -> None:
+    room = f"bans-{workers}"
+    server = started(
+        server_process(
+            WORKERS=str(workers),
+            LIVEKIT_URL=livekit.url,
+            ADMIN_SECRET=SECRET,
+            TOKEN_RATE_LIMIT="0",
+            LOG_LEVEL="INFO",
+        ),
+        workers,
+    )
+
+    def bob_token() -> tuple[int, str]:
+        return token_answer(server.url, room=room, identity="bob")
+
+    assert set().union(*from_every_worker(bob_token, workers).values()) == {200}
+    status, answer = request_token(server.url, {"roomName": room, "participantName": "bob"})
+
+    async def join_then_remove_with_a_ban() -> tuple[int, Any]:
+        bob = await signal_only_participant(livekit.url, answer["token"])
+        try:
+            path = path_of("rooms", room, "participants", "bob", "remove")
+            status, removed, _ = await asyncio.to_thread(admin, server.url, "POST", path, {"ban_seconds": 60})
+            return status, removed
+        finally:
+            bob.close()
+
+    status, removed = run_async(join_then_remove_with_a_ban())
+    assert status == 200 and removed["ban"]["secondsLeft"] == 60, removed
+    # At once, every worker refuses bob (the worker that banned him too), and lists the ban.
+    assert set().union(*from_every_worker(bob_token, workers).values()) == {403}
+
+    def bans() -> tuple[tuple[str, ...], str]:
+        status, listed, headers = admin(server.url, "GET", path_of("rooms", room, "bans"))
+        assert status == 200
+        return tuple(ban["identity"] for ban in listed), headers["X-Worker-Id"]
+
+    assert set().union(*from_every_worker(bans, workers).values()) == {("bob",)}
+    # Lifted through one worker: every worker gives bob a token again.
+    assert admin(server.url, "DELETE", path_of("rooms", room, "bans", "bob"))[0] == 200
+    assert set().union(*from_every_worker(bob_token, workers).values()) == {200}
