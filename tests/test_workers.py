@@ -333,3 +333,35 @@ def test_a_ban_set_through_one_worker_refuses_tokens_on_every_worker(
     # Lifted through one worker: every worker gives bob a token again.
     assert admin(server.url, "DELETE", path_of("rooms", room, "bans", "bob"))[0] == 200
     assert set().union(*from_every_worker(bob_token, workers).values()) == {200}
+
+
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_event_handlers_run_once_per_event_whichever_worker_acknowledged_it(
+    server_process: Any, tmp_path: Path, workers: int
+) -> None:
+    record = tmp_path / "handled.txt"
+    server = started(
+        server_process(
+            WORKERS=str(workers),
+            APP_EXTENSIONS="tests.sample_extensions.file_recorder",
+            RECORD_EVENTS_TO=str(record),
+            LOG_LEVEL="INFO",
+        ),
+        workers,
+    )
+    events = [webhook_event("room_started", room=f"h{n}") for n in range(200)]
+    acknowledged = run_async(post_spread(server.url, events))
+    assert len(set(acknowledged.values())) == workers  # every worker acknowledged some
+    last = webhook_event("room_finished", room="last")  # handled after all the others
+    run_async(post_spread(server.url, [last]))
+
+    def handled() -> list[list[str]]:
+        return [line.split() for line in record.read_text().splitlines()] if record.exists() else []
+
+    deadline = time.monotonic() + 30
+    while last["id"] not in {event_id for _, event_id in handled()}:
+        assert time.monotonic() < deadline, f"{len(handled())} handled"
+        time.sleep(0.05)
+    lines = handled()
+    assert sorted(event_id for _, event_id in lines) == sorted([*acknowledged, last["id"]])  # each once
+    assert len({pid for pid, _ in lines}) == 1  # in one process
