@@ -88,7 +88,7 @@ def make_app(
         if extensions.event_handlers and not worker
         else None
     )
-    rooms = Rooms(config, event_log, livekit_api, shared=worker is not None)
+    rooms = Rooms(config, event_log, livekit_api, shared_dir, leader=not worker)
     metrics = Metrics(lambda: broadcaster.count, runner) if config.metrics_enabled else None
     # Who gets a token: the built-in rules, the extensions' in order, then bans and
     # identity conflicts, on the identity the others settled on.

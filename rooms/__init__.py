@@ -10,6 +10,7 @@ from ground.config import Config
 from rooms.admission import Admission
 from rooms.bans import BanStore, open_ban_store
 from rooms.directory import RoomDirectory
+from rooms.shared import DirectoryShare
 
 __all__ = ["Rooms"]
 
@@ -19,13 +20,20 @@ class Rooms:
     (`rooms`); the LiveKitAPI client itself is `livekit_api` there, for every handler."""
 
     def __init__(
-        self, config: Config, event_log: EventLog, livekit_api: LiveKitAPI | None, shared: bool = False
+        self,
+        config: Config,
+        event_log: EventLog,
+        livekit_api: LiveKitAPI | None,
+        shared_dir: str | None = None,
+        leader: bool = True,
     ) -> None:
-        """`shared`: other processes (WORKERS) use the same store."""
+        """WORKERS: `shared_dir`, the directory the processes share (they share the store
+        too); `leader`, whether this one (worker 0) reconciles the room directory for all."""
         self.livekit_api = livekit_api
-        self.bans: BanStore = open_ban_store(config, shared)
+        self.bans: BanStore = open_ban_store(config, shared=shared_dir is not None)
         self.admission = Admission(config, self.bans, livekit_api)
-        self.directory = RoomDirectory(config, event_log, livekit_api)
+        share = DirectoryShare(shared_dir, leader) if shared_dir else None
+        self.directory = RoomDirectory(config, event_log, livekit_api, share)
 
     async def start(self) -> None:
         await self.directory.start()

@@ -6,7 +6,8 @@ reconciled with RoomService, which is the truth: webhooks get lost and arrive ou
 order (livekit/livekit#2399, #1130), and changes made through the API send none in
 some cases (#1501). Reconciled on start, every ROOMS_RECONCILE_SECONDS, and soon
 after a gap: the event log could not be read or skipped events, or an event names a
-room or participant the directory does not know.
+room or participant the directory does not know. With WORKERS, worker 0 reconciles
+and the others take its answers (rooms/shared.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from eventlog import EventLog, StoreUnavailable
 from ground.config import Config
 from rooms.livekit import LiveKitUnavailable, ask_livekit
 from rooms.shapes import JsonObject, parse_participant, parse_room, parse_track, participant_json, room_json
+from rooms.shared import LOOK_SECONDS, DirectoryShare
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,15 @@ class DirectoryRoom:
 
 
 class RoomDirectory:
-    def __init__(self, config: Config, event_log: EventLog, livekit_api: LiveKitAPI | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        event_log: EventLog,
+        livekit_api: LiveKitAPI | None,
+        share: DirectoryShare | None = None,
+    ) -> None:
         self.config = config
+        self.share = share  # WORKERS: one reconcile for all of them
         self.event_log = event_log
         self.livekit_api = livekit_api
         self.rooms: dict[str, DirectoryRoom] = {}
@@ -104,7 +113,12 @@ class RoomDirectory:
         if self._tasks:
             return
         cursor = await self._newest_cursor()
-        for work in (self._reconcile_forever(), self._follow_events(cursor)):
+        share = self.share
+        reconciling = self._follow_leader(share) if share and not share.leader else self._reconcile_forever()
+        loops = [reconciling, self._follow_events(cursor)]
+        if share and share.leader:
+            loops.append(share.watch_requests(self))
+        for work in loops:
             task = asyncio.create_task(work)
             task.add_done_callback(_log_if_failed)
             self._tasks.append(task)
@@ -118,6 +132,12 @@ class RoomDirectory:
         self._tasks.clear()
 
     def request_reconcile(self, why: str) -> None:
+        if self.share and not self.share.leader:
+            if not self._reconcile_soon.is_set():
+                log.info("rooms: asking worker 0 to reconcile with RoomService: %s", why)
+                self._reconcile_soon.set()  # cleared by the next listing from worker 0
+                self.share.ask()
+            return
         if not self._reconcile_soon.is_set():
             log.info("rooms: reconciling with RoomService soon: %s", why)
             self._reconcile_soon.set()
@@ -268,6 +288,8 @@ class RoomDirectory:
         while True:
             self._reconcile_soon.clear()
             reconciled = await self.reconcile()
+            if self.share:
+                self.share.publish(self.rooms, self.status)
             await asyncio.sleep(MIN_RECONCILE_GAP)
             period = self.config.rooms_reconcile_seconds
             wait = period if reconciled else min(period, RETRY_SECONDS)
@@ -288,6 +310,12 @@ class RoomDirectory:
             return False
         finally:
             during, self._during_reconcile = self._during_reconcile or [], None
+        self._adopt(listing, during)
+        self._set_status(True, "")
+        return True
+
+    def _adopt(self, listing: dict[str, DirectoryRoom], during: list[JsonObject]) -> None:
+        """RoomService's rooms, with the events applied while it was being asked on top."""
         before = {name: room.json() for name, room in self.rooms.items()}
         self.rooms = listing
         for event in during:
@@ -296,8 +324,23 @@ class RoomDirectory:
             room = self.rooms.get(name)
             if room is None or before.get(name) != room.json():
                 self._room_changed(name)
-        self._set_status(True, "")
-        return True
+
+    async def _follow_leader(self, share: DirectoryShare) -> None:
+        """Not worker 0: each listing worker 0 writes is this worker's reconcile, with the
+        events this worker applied since it last looked on top."""
+        self._during_reconcile = []
+        while True:
+            found = share.newest()
+            if found is not None:
+                rooms, status = found
+                during, self._during_reconcile = self._during_reconcile, []
+                self._adopt(
+                    {name: DirectoryRoom(info, people) for name, (info, people) in rooms.items()}, during
+                )
+                self._set_status(status["ok"], status["error"])
+                self.status["reconciledAt"] = status["reconciledAt"]
+                self._reconcile_soon.clear()
+            await asyncio.sleep(LOOK_SECONDS)
 
     async def _list_everything(self, client: LiveKitAPI) -> dict[str, DirectoryRoom]:
         url = self.config.livekit_http_url

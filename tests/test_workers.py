@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import http.server
 import json
 import os
 import signal
+import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from livekit import api
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
@@ -365,3 +369,116 @@ def test_event_handlers_run_once_per_event_whichever_worker_acknowledged_it(
     lines = handled()
     assert sorted(event_id for _, event_id in lines) == sorted([*acknowledged, last["id"]])  # each once
     assert len({pid for pid, _ in lines}) == 1  # in one process
+
+
+class CountingForwarder:
+    """Test double for the network between this server and LiveKit's API: forwards each
+    request to livekit-server as it is and counts them by path."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.calls: dict[str, int] = {}
+        forwarder = self
+
+        class Forward(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                forwarder.calls[self.path] = forwarder.calls.get(self.path, 0) + 1
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = {
+                    name: self.headers[name]
+                    for name in ("Authorization", "Content-Type")
+                    if name in self.headers
+                }
+                request = urllib.request.Request(forwarder.upstream + self.path, body, headers, method="POST")
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as answer:
+                        status, kind, data = answer.status, answer.headers["Content-Type"], answer.read()
+                except urllib.error.HTTPError as error:
+                    status, kind, data = error.code, error.headers["Content-Type"], error.read()
+                self.send_response(status)
+                self.send_header("Content-Type", kind or "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def directories_of_every_worker(url: str, workers: int, room: str) -> dict[str, set[str]]:
+    """Open WS /live/rooms until one is on every worker; each worker's room names once
+    its directory shows `room`."""
+    sockets: dict[str, Any] = {}
+    for _ in range(400):
+        socket = await websocket_connect(url.replace("http", "ws", 1) + "/live/rooms")
+        worker = socket.headers["X-Worker-Id"]
+        if worker in sockets:
+            socket.close()
+            continue
+        await socket.write_message(json.dumps({"authorization": f"Bearer {SECRET}"}))
+        sockets[worker] = socket
+        if len(sockets) == workers:
+            break
+    assert len(sockets) == workers, f"only workers {sorted(sockets)}"
+    shown: dict[str, set[str]] = {}
+    for worker, socket in sockets.items():
+        rooms: set[str] = set()
+        while room not in rooms:
+            message = json.loads(await asyncio.wait_for(socket.read_message(), 30))
+            if message["type"] == "snapshot":
+                rooms = {listed["name"] for listed in message["rooms"]}
+            elif message["type"] == "room":
+                rooms.add(message["room"]["name"])
+            elif message["type"] == "room_closed":
+                rooms.discard(message["name"])
+        shown[worker] = rooms
+        socket.close()
+    return shown
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_one_worker_reconciles_the_room_directory_for_all(
+    livekit: LiveKitServer, server_process: Any, workers: int
+) -> None:
+    forwarder = CountingForwarder(livekit.url.replace("ws", "http", 1))
+    try:
+        server = started(
+            server_process(
+                WORKERS=str(workers),
+                LIVEKIT_URL=livekit.url,
+                LIVEKIT_API_URL=forwarder.url,
+                ADMIN_SECRET=SECRET,
+                ROOMS_RECONCILE_SECONDS="3600",  # only at start-up and when a worker sees a gap
+                LOG_LEVEL="INFO",
+            ),
+            workers,
+        )
+        room = f"made-behind-its-back-{workers}"  # no webhook tells this server of it
+        run_async(create_room(livekit, room))
+        # A participant in a room no worker knows: each sees a gap and wants a reconcile.
+        run_async(
+            post_spread(
+                server.url, [webhook_event("participant_joined", room="gap", participant={"identity": "x"})]
+            )
+        )
+        shown = run_async(directories_of_every_worker(server.url, workers, room))
+    finally:
+        forwarder.stop()
+    assert len(shown) == workers and all(room in rooms for rooms in shown.values())
+    # One at start-up, one or two for the gap (asks that come in during one make another):
+    # not one or two per worker.
+    assert 2 <= forwarder.calls.get("/twirp/livekit.RoomService/ListRooms", 0) <= 3, forwarder.calls
+
+
+async def create_room(livekit: LiveKitServer, name: str) -> None:
+    async with api.LiveKitAPI(livekit.url.replace("ws", "http", 1), "devkey", "secret") as client:
+        await client.room.create_room(api.CreateRoomRequest(name=name))

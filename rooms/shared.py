@@ -1,0 +1,100 @@
+"""WORKERS: one reconcile for every worker's room directory.
+
+Worker 0 (the leader) reconciles with RoomService as one server does, and after each
+reconcile writes what it found (the rooms and LiveKit's status) to a file in the
+workers' shared directory. The other workers follow the event log as the leader does,
+and take each new listing the leader writes as their own reconcile's answer. When one
+of them sees a gap (a room it does not know), it asks the leader for a reconcile by
+touching a second file, which the leader watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from rooms.directory import DirectoryRoom, RoomDirectory
+
+log = logging.getLogger(__name__)
+
+LISTING_FILE = "room-directory.json"
+REQUEST_FILE = "room-directory-wanted"
+LOOK_SECONDS = 0.25  # how often a worker looks at the other side's file
+
+
+@dataclass
+class DirectoryShare:
+    directory: str  # the workers' shared directory
+    leader: bool  # worker 0: the one that asks LiveKit
+
+    def __post_init__(self) -> None:
+        self._listing = os.path.join(self.directory, LISTING_FILE)
+        self._request = os.path.join(self.directory, REQUEST_FILE)
+        self._seen_listing: tuple[int, int, int] | None = None
+        self._seen_request: tuple[int, int, int] | None = None
+        self._written = 0
+
+    # The leader's side.
+
+    def publish(self, rooms: dict[str, DirectoryRoom], status: dict[str, Any]) -> None:
+        """Write the directory after a reconcile (whole, then renamed: never half read)."""
+        self._written += 1
+        listing = {
+            "written": self._written,
+            "status": status,
+            "rooms": {name: [room.info, room.participants] for name, room in rooms.items()},
+        }
+        partial = f"{self._listing}.{os.getpid()}"
+        try:
+            with open(partial, "wb") as file:
+                file.write(orjson.dumps(listing))
+            os.replace(partial, self._listing)
+        except OSError as error:
+            log.error("rooms: could not share the room directory with the other workers: %s", error)
+
+    async def watch_requests(self, room_directory: RoomDirectory) -> None:
+        """Reconcile soon whenever another worker asks."""
+        self._seen_request = _changed_at(self._request)
+        while True:
+            await asyncio.sleep(LOOK_SECONDS)
+            asked = _changed_at(self._request)
+            if asked != self._seen_request:
+                self._seen_request = asked
+                room_directory.request_reconcile("another worker asked")
+
+    # The other workers' side.
+
+    def ask(self) -> None:
+        with contextlib.suppress(OSError), open(self._request, "ab") as file:
+            file.write(b".")  # a change the leader sees (its time and size)
+
+    def newest(self) -> tuple[dict[str, tuple[dict[str, Any], dict[str, Any]]], dict[str, Any]] | None:
+        """The leader's listing and status, when it wrote one since the last look."""
+        changed = _changed_at(self._listing)
+        if changed == self._seen_listing:
+            return None
+        try:
+            with open(self._listing, "rb") as file:
+                listing = orjson.loads(file.read())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        self._seen_listing = changed
+        rooms = {name: (info, participants) for name, (info, participants) in listing["rooms"].items()}
+        return rooms, listing["status"]
+
+
+def _changed_at(path: str) -> tuple[int, int, int] | None:
+    """When and how the file last changed: a rename makes a new inode, an append a new
+    size, so two changes within one clock tick still differ."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
