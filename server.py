@@ -90,6 +90,8 @@ def make_app(
     )
     rooms = Rooms(config, event_log, livekit_api, shared_dir, leader=not worker)
     metrics = Metrics(lambda: broadcaster.count, runner) if config.metrics_enabled else None
+    if metrics and shared_dir:
+        metrics.share(shared_dir)
     # Who gets a token: the built-in rules, the extensions' in order, then bans and
     # identity conflicts, on the identity the others settled on.
     authorize = (
@@ -218,6 +220,9 @@ async def start_app(app: tornado.web.Application) -> None:
         await runner.start()
         event_log.add_listener(WakeOnAppend(runner))
     await app.settings["rooms"].start()
+    metrics: Metrics | None = app.settings["metrics"]
+    if metrics and metrics.shared:
+        metrics.shared.start()
 
 
 async def main(config: Config, extensions: Extensions | None = None, worker: Worker | None = None) -> None:
@@ -369,6 +374,9 @@ async def stop_app(app: tornado.web.Application) -> None:
     await rooms.close()
     app_context: AppContext = app.settings["app_context"]
     await app_context.shared_api.aclose()
+    metrics: Metrics | None = app.settings["metrics"]
+    if metrics and metrics.shared:
+        metrics.shared.stop()  # last, with every request counted
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from tornado.websocket import websocket_connect
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
 from tests.admin import SECRET, admin, path_of
 from tests.conftest import events_url, request_token, require, run_async, webhook_event, webhook_request
+from tests.test_metrics import Samples, parse
 from tests.test_startup import FAILURES, run_server, without_root_file_access
 
 WORKER_COUNTS = [2, 3]
@@ -482,3 +483,47 @@ def test_one_worker_reconciles_the_room_directory_for_all(
 async def create_room(livekit: LiveKitServer, name: str) -> None:
     async with api.LiveKitAPI(livekit.url.replace("ws", "http", 1), "devkey", "secret") as client:
         await client.room.create_room(api.CreateRoomRequest(name=name))
+
+
+def scrape(url: str) -> tuple[Samples, str]:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as answer:
+        return parse(answer.read().decode()), answer.headers["X-Worker-Id"]
+
+
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_metrics_show_the_whole_server_whichever_worker_is_scraped(server_process: Any, workers: int) -> None:
+    server = started(server_process(WORKERS=str(workers), TOKEN_RATE_LIMIT="0", LOG_LEVEL="INFO"), workers)
+    events = [
+        webhook_event("participant_joined", room="m", participant={"identity": f"p{n}"}) for n in range(300)
+    ]
+
+    # Every worker answers the sums: its own figures now, the others' within a second.
+    whole = {
+        "stored": (("livekit_app_webhooks_total", (("reason", ""), ("result", "stored"))), 300.0),
+        "joined": (("livekit_app_events_stored_total", (("type", "participant_joined"),)), 300.0),
+        "tokens": (("livekit_app_token_requests_total", (("shape", "openvidu"), ("status", "200"))), 30.0),
+        "sockets": (("livekit_app_event_sockets", ()), float(workers)),
+    }
+
+    async def scenario() -> dict[str, Samples]:
+        sockets = await sockets_on_every_worker(server.url, workers)  # one each: the gauge sums them
+        try:
+            acknowledged = await post_spread(server.url, events)
+            assert len(set(acknowledged.values())) == workers
+            tokens = [await asyncio.to_thread(token_answer, server.url) for _ in range(30)]
+            assert {status for status, _ in tokens} == {200}
+            deadline = time.monotonic() + 30
+            answered: dict[str, Samples] = {}
+            while len(answered) < workers:
+                samples, worker = await asyncio.to_thread(scrape, server.url)
+                if all(samples.get(key) == want for key, want in whole.values()):
+                    answered[worker] = samples
+                seen = {name: samples.get(key) for name, (key, _) in whole.items()}
+                assert time.monotonic() < deadline, f"worker {worker}: {seen}"
+                await asyncio.sleep(0.05)
+            return answered
+        finally:
+            for socket in sockets.values():
+                socket.close()
+
+    assert len(run_async(scenario())) == workers

@@ -1,0 +1,124 @@
+"""WORKERS: /metrics for the whole server, whichever worker is scraped.
+
+Each worker counts in its own registry, as one server does (the hot path is the same),
+and every WORKER_SECONDS writes its samples to a file of its own (by pid) in the
+workers' shared directory, and once more when it stops. A scrape answers this worker's
+samples as they are now plus every other worker's file, summed by series: counters and
+histograms over every file (a worker that died keeps what it counted, so no counter
+goes back when it is replaced), gauges over the workers alive. This does what
+prometheus-client's multiprocess mode does for its own metric types, for every metric
+here too (the frames counter, the socket gauge and the event handlers' figures are read
+when scraped, which that mode does not support), at one file write a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+WORKER_SECONDS = 1.0  # how stale another worker's figures may be in a scrape
+SUFFIX = ".metrics.json"
+
+
+class SharedMetrics(Collector):
+    def __init__(self, registry: CollectorRegistry, directory: str) -> None:
+        self.registry = registry  # this worker's own
+        self.directory = directory
+        self.path = os.path.join(directory, f"{os.getpid()}{SUFFIX}")
+        self.exposed = CollectorRegistry()  # what /metrics answers: every worker's, summed
+        self.exposed.register(self)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self.write()
+            self._task = asyncio.create_task(self._write_forever())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self.write()  # what it counted stays in the sums
+
+    async def _write_forever(self) -> None:
+        while True:
+            await asyncio.sleep(WORKER_SECONDS)
+            self.write()
+
+    def write(self) -> None:
+        families = [
+            [
+                family.name,
+                family.documentation,
+                family.type,
+                [[s.name, s.labels, s.value] for s in family.samples],
+            ]
+            for family in self.registry.collect()
+        ]
+        partial = self.path + ".partial"
+        try:
+            with open(partial, "wb") as file:
+                file.write(orjson.dumps(families))
+            os.replace(partial, self.path)  # whole, never half read
+        except OSError as error:
+            log.error("metrics: could not share this worker's figures: %s", error)
+
+    def collect(self) -> Iterator[Metric]:
+        own = [
+            [
+                family.name,
+                family.documentation,
+                family.type,
+                [[s.name, s.labels, s.value] for s in family.samples],
+            ]
+            for family in self.registry.collect()
+        ]
+        merged: dict[str, Metric] = {}
+        sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for families, alive in [(own, True), *self._others()]:
+            for name, documentation, kind, samples in families:
+                if kind == "gauge" and not alive:
+                    continue  # a dead worker's sockets are gone
+                if name not in merged:
+                    merged[name] = Metric(name, documentation, kind)
+                    sums[name] = {}
+                for sample_name, labels, value in samples:
+                    key = (sample_name, tuple(sorted(labels.items())))
+                    sums[name][key] = sums[name].get(key, 0.0) + value
+        for name, family in merged.items():
+            for (sample_name, labels), value in sums[name].items():
+                family.add_sample(sample_name, dict(labels), value)
+            yield family
+
+    def _others(self) -> Iterator[tuple[list[Any], bool]]:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.directory):
+                if not entry.name.endswith(SUFFIX) or entry.path == self.path:
+                    continue
+                try:
+                    with open(entry.path, "rb") as file:
+                        families = orjson.loads(file.read())
+                except (OSError, orjson.JSONDecodeError):
+                    continue
+                yield families, _alive(int(entry.name.removesuffix(SUFFIX)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
