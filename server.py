@@ -42,6 +42,7 @@ from handlers.support.broadcast import Broadcaster
 from handlers.support.metrics import Metrics
 from handlers.support.observe import setup_logging
 from handlers.support.token_rules import BUILT_IN
+from handlers.support.worker_figures import WorkerFigures
 from rooms import Rooms
 from rooms.livekit import open_livekit_api
 from workers import Supervisor
@@ -90,8 +91,15 @@ def make_app(
     )
     rooms = Rooms(config, event_log, livekit_api, shared_dir, leader=not worker)
     metrics = Metrics(lambda: broadcaster.count, runner) if config.metrics_enabled else None
-    if metrics and shared_dir:
-        metrics.share(shared_dir)
+    figures = None  # WORKERS: /metrics and /healthz for all of them
+    if shared_dir:
+        figures = WorkerFigures(
+            shared_dir,
+            metrics.registry if metrics else None,
+            lambda: {"sockets": broadcaster.count, "eventHandlers": runner.health() if runner else None},
+        )
+        if metrics:
+            metrics.exposed = figures.exposed
     # Who gets a token: the built-in rules, the extensions' in order, then bans and
     # identity conflicts, on the identity the others settled on.
     authorize = (
@@ -103,7 +111,7 @@ def make_app(
     routes: list[Any] = [
         *token.routes(config, authorize, app_context, shared_dir),
         *webhook.routes(config, event_log),
-        *pages.routes(event_log, broadcaster, runner, worker),
+        *pages.routes(event_log, broadcaster, runner, worker, figures),
         *events.routes(event_log, broadcaster),
         *rooms_handlers.routes(rooms, livekit_api, event_log),
         *metrics_routes(config, metrics),
@@ -124,6 +132,7 @@ def make_app(
         static_path=str(PROJECT_DIR / "static"),
         static_handler_class=StaticFileHandler,
         metrics=metrics,
+        worker_figures=figures,
         websocket_ping_interval=20,
         websocket_ping_timeout=20,
         websocket_max_message_size=4096,
@@ -220,9 +229,9 @@ async def start_app(app: tornado.web.Application) -> None:
         await runner.start()
         event_log.add_listener(WakeOnAppend(runner))
     await app.settings["rooms"].start()
-    metrics: Metrics | None = app.settings["metrics"]
-    if metrics and metrics.shared:
-        metrics.shared.start()
+    figures: WorkerFigures | None = app.settings["worker_figures"]
+    if figures:
+        figures.start()
 
 
 async def main(config: Config, extensions: Extensions | None = None, worker: Worker | None = None) -> None:
@@ -374,9 +383,9 @@ async def stop_app(app: tornado.web.Application) -> None:
     await rooms.close()
     app_context: AppContext = app.settings["app_context"]
     await app_context.shared_api.aclose()
-    metrics: Metrics | None = app.settings["metrics"]
-    if metrics and metrics.shared:
-        metrics.shared.stop()  # last, with every request counted
+    figures: WorkerFigures | None = app.settings["worker_figures"]
+    if figures:
+        figures.stop()  # last, with every request counted
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from ground.config import PROJECT_DIR
 from handlers.support.admin_access import page_admin_mode
 from handlers.support.base import Handler, Route
 from handlers.support.broadcast import Broadcaster
+from handlers.support.worker_figures import WorkerFigures
 
 
 def content_security_policy(livekit_url: str) -> str:
@@ -65,11 +66,13 @@ class HealthHandler(Handler):
         broadcaster: Broadcaster,
         event_handlers: EventHandlerRunner | None,
         worker: int | None,
+        figures: WorkerFigures | None,
     ) -> None:
         self.event_log = event_log
         self.broadcaster = broadcaster
         self.event_handlers = event_handlers
         self.worker = worker
+        self.figures = figures
 
     def get(self) -> None:
         store: dict[str, Any] = self.event_log.health()  # {"store", "ok"}: no error text
@@ -79,10 +82,17 @@ class HealthHandler(Handler):
             "eventStore": store,
             "sockets": self.broadcaster.count,
         }
-        if self.worker is not None:  # WORKERS > 1: which one answered
-            health["worker"] = self.worker
         if self.event_handlers:  # parked events are counted, not a failure
             health["eventHandlers"] = self.event_handlers.health()
+        if self.figures:  # WORKERS: the whole server's sockets and event handlers (worker 0's)
+            everyone = self.figures.everyone_alive()
+            health["sockets"] = sum(figures["sockets"] for figures in everyone)
+            runners = [figures["eventHandlers"] for figures in everyone if figures["eventHandlers"]]
+            if runners:
+                health["eventHandlers"] = runners[0]
+            health["workers"] = len(everyone)
+        if self.worker is not None:  # which one answered
+            health["worker"] = self.worker
         self.write_json(health, status=status)
 
     head = get  # load balancers check with HEAD
@@ -109,6 +119,7 @@ def routes(
     broadcaster: Broadcaster,
     event_handlers: EventHandlerRunner | None,
     worker: int | None = None,
+    figures: WorkerFigures | None = None,
 ) -> list[Route]:
     """The demo page, health, and the npm packages the page loads from this origin."""
     vendor = PROJECT_DIR / "node_modules"
@@ -118,6 +129,7 @@ def routes(
         "broadcaster": broadcaster,
         "event_handlers": event_handlers,
         "worker": worker,
+        "figures": figures,
     }
     return [
         (r"/", IndexHandler, {"jinja": jinja}),

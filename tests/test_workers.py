@@ -521,6 +521,14 @@ def test_metrics_show_the_whole_server_whichever_worker_is_scraped(server_proces
                 seen = {name: samples.get(key) for name, (key, _) in whole.items()}
                 assert time.monotonic() < deadline, f"worker {worker}: {seen}"
                 await asyncio.sleep(0.05)
+
+            # /healthz too: every worker counts every worker's sockets.
+            def sockets_and_workers() -> tuple[tuple[int, int], str]:
+                body, worker = health(server.url)
+                return (body["sockets"], body["workers"]), worker
+
+            healths = await asyncio.to_thread(from_every_worker, sockets_and_workers, workers)
+            assert all(answers == {(workers, workers)} for answers in healths.values()), healths
             return answered
         finally:
             for socket in sockets.values():

@@ -18,8 +18,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from handlers.support.metrics_shared import SharedMetrics
-
 # No `_created` series beside each counter: the text format has no place for them but as
 # extra gauges, which double what a scrape reads. (A process-wide switch of the client.)
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -76,8 +74,7 @@ class Metrics:
 
     def __init__(self, socket_count: Callable[[], int], event_handlers: Any = None) -> None:
         self.registry = CollectorRegistry()
-        self.exposed = self.registry  # what /metrics answers
-        self.shared: SharedMetrics | None = None
+        self.exposed = self.registry  # what /metrics answers (WORKERS: every worker's, summed)
         self.token_requests = Counter(
             "livekit_app_token_requests",
             "POST /token answers, by request shape (openvidu, standard, or unknown when "
@@ -142,12 +139,6 @@ class Metrics:
             self.child(self.store_seconds, operation)
         for reason in ("too_slow", "shutdown", "client"):
             self.child(self.sockets_closed, reason)
-
-    def share(self, directory: str) -> None:
-        """WORKERS: /metrics answers every worker's figures, summed (`shared` writes
-        this worker's for the others once started)."""
-        self.shared = SharedMetrics(self.registry, directory)
-        self.exposed = self.shared.exposed
 
     def child(self, metric: Any, *labels: str) -> Any:
         # prometheus-client's labels() validates on every call; the few label sets are kept.

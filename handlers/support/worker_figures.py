@@ -1,11 +1,12 @@
-"""WORKERS: /metrics for the whole server, whichever worker is scraped.
+"""WORKERS: /metrics and /healthz for the whole server, whichever worker answers.
 
 Each worker counts in its own registry, as one server does (the hot path is the same),
-and every WORKER_SECONDS writes its samples to a file of its own (by pid) in the
-workers' shared directory, and once more when it stops. A scrape answers this worker's
-samples as they are now plus every other worker's file, summed by series: counters and
-histograms over every file (a worker that died keeps what it counted, so no counter
-goes back when it is replaced), gauges over the workers alive. This does what
+and every WORKER_SECONDS writes its samples and its health figures (sockets, event
+handlers) to a file of its own (by pid) in the workers' shared directory, and once more
+when it stops. /healthz adds up the live workers' figures. A scrape answers this
+worker's samples as they are now plus every other worker's file, summed by series:
+counters and histograms over every file (a worker that died keeps what it counted, so
+no counter goes back when it is replaced), gauges over the workers alive. This does what
 prometheus-client's multiprocess mode does for its own metric types, for every metric
 here too (the frames counter, the socket gauge and the event handlers' figures are read
 when scraped, which that mode does not support), at one file write a second.
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -28,12 +29,15 @@ from prometheus_client.registry import Collector
 log = logging.getLogger(__name__)
 
 WORKER_SECONDS = 1.0  # how stale another worker's figures may be in a scrape
-SUFFIX = ".metrics.json"
+SUFFIX = ".figures.json"
 
 
-class SharedMetrics(Collector):
-    def __init__(self, registry: CollectorRegistry, directory: str) -> None:
-        self.registry = registry  # this worker's own
+class WorkerFigures(Collector):
+    def __init__(
+        self, directory: str, registry: CollectorRegistry | None, health: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.registry = registry  # this worker's own (None: METRICS_ENABLED=false)
+        self.health = health  # this worker's health figures
         self.directory = directory
         self.path = os.path.join(directory, f"{os.getpid()}{SUFFIX}")
         self.exposed = CollectorRegistry()  # what /metrics answers: every worker's, summed
@@ -56,8 +60,10 @@ class SharedMetrics(Collector):
             await asyncio.sleep(WORKER_SECONDS)
             self.write()
 
-    def write(self) -> None:
-        families = [
+    def _families(self) -> list[Any]:
+        if self.registry is None:
+            return []
+        return [
             [
                 family.name,
                 family.documentation,
@@ -66,28 +72,26 @@ class SharedMetrics(Collector):
             ]
             for family in self.registry.collect()
         ]
+
+    def write(self) -> None:
         partial = self.path + ".partial"
         try:
             with open(partial, "wb") as file:
-                file.write(orjson.dumps(families))
+                file.write(orjson.dumps({"families": self._families(), "health": self.health()}))
             os.replace(partial, self.path)  # whole, never half read
         except OSError as error:
-            log.error("metrics: could not share this worker's figures: %s", error)
+            log.error("could not share this worker's figures: %s", error)
+
+    def everyone_alive(self) -> list[dict[str, Any]]:
+        """The health figures of every live worker, this one's as they are now."""
+        return [self.health(), *(figures["health"] for figures, alive in self._others() if alive)]
 
     def collect(self) -> Iterator[Metric]:
-        own = [
-            [
-                family.name,
-                family.documentation,
-                family.type,
-                [[s.name, s.labels, s.value] for s in family.samples],
-            ]
-            for family in self.registry.collect()
-        ]
         merged: dict[str, Metric] = {}
         sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-        for families, alive in [(own, True), *self._others()]:
-            for name, documentation, kind, samples in families:
+        figures: dict[str, Any]
+        for figures, alive in [({"families": self._families()}, True), *self._others()]:
+            for name, documentation, kind, samples in figures["families"]:
                 if kind == "gauge" and not alive:
                     continue  # a dead worker's sockets are gone
                 if name not in merged:
@@ -101,17 +105,17 @@ class SharedMetrics(Collector):
                 family.add_sample(sample_name, dict(labels), value)
             yield family
 
-    def _others(self) -> Iterator[tuple[list[Any], bool]]:
+    def _others(self) -> Iterator[tuple[dict[str, Any], bool]]:
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.directory):
                 if not entry.name.endswith(SUFFIX) or entry.path == self.path:
                     continue
                 try:
                     with open(entry.path, "rb") as file:
-                        families = orjson.loads(file.read())
+                        figures = orjson.loads(file.read())
                 except (OSError, orjson.JSONDecodeError):
                     continue
-                yield families, _alive(int(entry.name.removesuffix(SUFFIX)))
+                yield figures, _alive(int(entry.name.removesuffix(SUFFIX)))
 
 
 def _alive(pid: int) -> bool:
