@@ -178,16 +178,17 @@ def write_webhook_file(path: Path, count: int) -> None:
 
 
 class Clients:
-    """A bench/clients.mjs process holding `count` sockets on the load core."""
+    """A bench/clients.mjs process holding `count` sockets on the load core (`cpu`; None:
+    on any)."""
 
-    def __init__(self, url: str, count: int, expect: int = 0) -> None:
+    def __init__(self, url: str, count: int, expect: int = 0, cpu: str | None = LOAD_CPU) -> None:
         self.expect = expect
         ws_url = url.replace("http", "ws") + "/events"
         command = ["node", str(BENCH_DIR / "clients.mjs"), ws_url, str(count)] + (
             [str(expect)] if expect else []
         )
         self.process = subprocess.Popen(
-            pinned(LOAD_CPU, command),
+            pinned(cpu, command),
             cwd=PROJECT_DIR,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -2,8 +2,8 @@
 table and written with a description of the machine to bench/results.md.
 
 BENCH_ROUNDS (default 5 for tokens, 3 elsewhere) and BENCH_SIZES (default
-1,100,1000,5000) make it shorter or longer. The last section runs unpinned (the way a
-user compares servers on one box), with WORKERS=auto. BENCH_ONLY=metrics,tokens runs only the
+1,100,1000,5000,10000) make it shorter or longer. The unpinned section runs the way a
+user compares servers on one box, with WORKERS=auto. BENCH_ONLY=metrics,tokens runs only the
 sections whose titles start with those words, and prints without writing results.md.
 """
 
@@ -42,7 +42,7 @@ from dev.livekit_server import free_port, is_listening
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "0"))
 ONLY = [word.strip().lower() for word in os.environ.get("BENCH_ONLY", "").split(",") if word.strip()]
-SIZES = [int(size) for size in os.environ.get("BENCH_SIZES", "1,100,1000,5000").split(",")]
+SIZES = [int(size) for size in os.environ.get("BENCH_SIZES", "1,100,1000,5000,10000").split(",")]
 TOKEN_CONNECTIONS = 32
 LOAD_SECONDS = 3
 notes: list[str] = []
@@ -304,13 +304,15 @@ def fanout_round(
     post_to: str = "",
     env: dict[str, str] | None = None,
     receivers: Server | None = None,
+    cpu: str | None = SERVER_CPU,
 ) -> tuple[list[float], float, float]:
-    """Latencies (ms) of `events` posts reaching `size` sockets; idle RSS and RSS per socket (KiB)."""
-    server = receivers or Server(kind, env or {})
+    """Latencies (ms) of `events` posts reaching `size` sockets; idle RSS and RSS per socket
+    (KiB). `cpu` None: nothing pinned, neither the server nor the clients."""
+    server = receivers or Server(kind, env or {}, cpu=cpu)
     if receivers is None:
         server.start()
     idle = server.rss_kib()
-    clients = Clients(server.url, size, events)
+    clients = Clients(server.url, size, events, cpu=LOAD_CPU if cpu else None)
     per_socket = (server.rss_kib() - idle) / size
     gap = 0.05 + size * 0.00006
     try:
@@ -362,7 +364,7 @@ def bench_fanout() -> list[Figure]:
                     f"{statistics.median(p[99].base):.0f} ms in the same run, and the figure includes the "
                     "clients: one Node.js process on the one other core reading 1000 frames per event."
                 )
-        if size == 5000:
+        if size in (5000, 10000):
             p[95].target, p[95].met = "< 500 ms", statistics.median(p[95].ours) < 500
         figures += list(p.values())
     idle = Figure(
@@ -494,6 +496,21 @@ def bench_unpinned(workdir: Path) -> list[Figure]:
     return [single, clustered, webhooks]
 
 
+def fanout_with_workers() -> list[Figure]:
+    """Fan-out to the most sockets, nothing pinned: WORKERS=auto (the sockets spread over
+    the workers, each worker sending to its own) against WORKERS=1."""
+    size = max(SIZES)
+    p95 = Figure(f"fan-out p95 to {size} sockets, unpinned, WORKERS=auto", "ms", baseline="ours, WORKERS=1")
+    p99 = Figure(f"fan-out p99 to {size} sockets, unpinned, WORKERS=auto", "ms", baseline="ours, WORKERS=1")
+    for order in alternating(["auto", "1"], ROUNDS or 3):
+        for workers in order:
+            latencies, _, _ = fanout_round("ours", size, 10, env={"WORKERS": workers}, cpu=None)
+            (p95.ours if workers == "auto" else p95.base).append(percentile(latencies, 0.95))
+            (p99.ours if workers == "auto" else p99.base).append(percentile(latencies, 0.99))
+    p95.target, p95.met = "< 500 ms", statistics.median(p95.ours) < 500
+    return [p95, p99]
+
+
 def bench_rate_limit() -> list[Figure]:
     """What TOKEN_RATE_LIMIT costs /token, with a limit no one reaches against none: one
     process (buckets in a dict), pinned; and WORKERS=2 (buckets shared in a mapped file),
@@ -573,6 +590,7 @@ def main() -> None:
         ("Redis", lambda: bench_redis(workdir)),
         ("Start-up", bench_startup),
         ("Unpinned, with workers", lambda: bench_unpinned(workdir)),
+        ("Fan-out with workers", fanout_with_workers),
         ("Metrics cost", lambda: bench_metrics(workdir)),
         ("Rate limit cost", bench_rate_limit),
     ]
