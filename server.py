@@ -238,7 +238,7 @@ async def main(config: Config, extensions: Extensions | None = None, worker: Wor
     sockets = worker.sockets if worker else listen(config)
     livekit_api = open_livekit_api(config)
     try:
-        event_log = open_event_log(config, shared=worker is not None)
+        event_log = open_event_log(config, worker.shared_dir if worker else None)
         number, shared_dir = (worker.number, worker.shared_dir) if worker else (None, None)
         app = make_app(config, event_log, livekit_api, extensions or Extensions(), number, shared_dir)
         await start_app(app)
