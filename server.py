@@ -157,14 +157,16 @@ def run() -> None:
     except StartupError as error:
         log.error("Cannot start: %s", error)
         raise SystemExit(EXIT_RUNTIME) from None
-    # What the workers share beside the store (the rate limit's buckets): in memory
-    # where the machine has a memory file system; made here, removed when they are done.
+    # What the workers share beside the store (the rate limit's buckets, the room
+    # directory's listing, their figures for /metrics and /healthz, the writers' lock): in
+    # memory where the machine has a memory file system; made here, removed when they stop.
     shared_dir = tempfile.mkdtemp(
         prefix="livekit-app-", dir=SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else None
     )
     supervisor = Supervisor(
         config.workers,
         lambda worker, ready: serve(config, extensions, Worker(worker, sockets, ready, shared_dir)),
+        f"sharing {shared_dir}",
     )
     try:
         code = supervisor.run()

@@ -32,9 +32,10 @@ Serve = Callable[[int, Callable[[], None]], int]
 
 
 class Supervisor:
-    def __init__(self, count: int, serve: Serve) -> None:
+    def __init__(self, count: int, serve: Serve, about: str = "") -> None:
         self.count = count
         self.serve = serve
+        self.about = about  # said when they all serve
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker id, started at)
         self.stopping = ""
 
@@ -50,7 +51,9 @@ class Supervisor:
                 if code is not None:  # it could not start: neither can the others
                     self._stop_all()
                     return code
-            log.info("Serving with %d workers (WORKERS)", self.count)
+            log.info(
+                "Serving with %d workers (WORKERS%s)", self.count, f"; {self.about}" if self.about else ""
+            )
             return self._watch()
         finally:
             for signum, handler in previous.items():

@@ -8,6 +8,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -196,6 +197,8 @@ def test_sigterm_drains_every_worker(server_process: Any, workers: int) -> None:
     for worker in range(workers):
         assert f"worker {worker}: Stopped" in log
     assert "Traceback" not in log
+    shared = re.search(r"workers \(WORKERS; sharing (\S+)\)", log)
+    assert shared and not Path(shared[1]).exists()  # the parent removed what the workers shared
 
 
 @pytest.mark.parametrize("failure", FAILURES[:6], ids=[failure[0] for failure in FAILURES[:6]])
