@@ -343,17 +343,20 @@ def test_a_ban_set_through_one_worker_refuses_tokens_on_every_worker(
     assert set().union(*from_every_worker(bob_token, workers).values()) == {200}
 
 
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
 def test_event_handlers_run_once_per_event_whichever_worker_acknowledged_it(
-    server_process: Any, tmp_path: Path, workers: int
+    server_process: Any, redis_server: Any, tmp_path: Path, workers: int, store: str
 ) -> None:
     record = tmp_path / "handled.txt"
+    env = {"EVENTS_REDIS_URL": redis_server().url} if store == "redis" else {}
     server = started(
         server_process(
             WORKERS=str(workers),
             APP_EXTENSIONS="tests.sample_extensions.file_recorder",
             RECORD_EVENTS_TO=str(record),
             LOG_LEVEL="INFO",
+            **env,
         ),
         workers,
     )
@@ -373,6 +376,14 @@ def test_event_handlers_run_once_per_event_whichever_worker_acknowledged_it(
     lines = handled()
     assert sorted(event_id for _, event_id in lines) == sorted([*acknowledged, last["id"]])  # each once
     assert len({pid for pid, _ in lines}) == 1  # in one process
+    # Every worker's /healthz shows them (worker 0's figures), within a second or two.
+    told: set[str] = set()
+    while len(told) < workers:
+        body, worker = health(server.url)
+        if body.get("eventHandlers", {}).get("handled") == len(lines):
+            told.add(worker)
+        assert time.monotonic() < deadline + 30, body
+        time.sleep(0.05)
 
 
 class CountingForwarder:
@@ -493,9 +504,15 @@ def scrape(url: str) -> tuple[Samples, str]:
         return parse(answer.read().decode()), answer.headers["X-Worker-Id"]
 
 
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
-def test_metrics_show_the_whole_server_whichever_worker_is_scraped(server_process: Any, workers: int) -> None:
-    server = started(server_process(WORKERS=str(workers), TOKEN_RATE_LIMIT="0", LOG_LEVEL="INFO"), workers)
+def test_metrics_show_the_whole_server_whichever_worker_is_scraped(
+    server_process: Any, redis_server: Any, workers: int, store: str
+) -> None:
+    env = {"EVENTS_REDIS_URL": redis_server().url} if store == "redis" else {}
+    server = started(
+        server_process(WORKERS=str(workers), TOKEN_RATE_LIMIT="0", LOG_LEVEL="INFO", **env), workers
+    )
     events = [
         webhook_event("participant_joined", room="m", participant={"identity": f"p{n}"}) for n in range(300)
     ]
