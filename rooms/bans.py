@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from ground.config import Config
 
 MAX_BAN_SECONDS = 365 * 86_400
+READ_BUSY_MS = 200
 REDIS_KEY_PREFIX = "livekit:bans:"
 
 
@@ -105,6 +106,10 @@ class SqliteBans(BanStore):
         self._reader = (
             sqlite3.connect(path, isolation_level=None, check_same_thread=False) if shared else None
         )
+        if self._reader is not None:
+            # A WAL read waits only in rare moments (another process recovering the file):
+            # briefly then, rather than answer 503 at once.
+            self._reader.execute(f"PRAGMA busy_timeout={READ_BUSY_MS}")
 
     @staticmethod
     def _open(path: str) -> tuple[sqlite3.Connection, dict[tuple[str, str], int]]:
