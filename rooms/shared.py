@@ -86,8 +86,15 @@ class DirectoryShare:
         except (OSError, orjson.JSONDecodeError):
             return None
         self._seen_listing = changed
-        rooms = {name: (info, participants) for name, (info, participants) in listing["rooms"].items()}
-        return rooms, listing["status"]
+        try:
+            rooms = {name: (dict(info), dict(people)) for name, (info, people) in listing["rooms"].items()}
+            status = {key: listing["status"][key] for key in ("ok", "error", "reconciledAt")}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            log.error(
+                "rooms: worker 0's listing in %s does not read as one; waiting for the next", self._listing
+            )
+            return None
+        return rooms, status
 
 
 def _changed_at(path: str) -> tuple[int, int, int] | None:

@@ -555,3 +555,52 @@ def test_metrics_show_the_whole_server_whichever_worker_is_scraped(
                 socket.close()
 
     assert len(run_async(scenario())) == workers
+
+
+def test_figures_files_that_do_not_read_as_such_are_passed_over(tmp_path: Path) -> None:
+    """A scrape or /healthz never fails on what else is in the shared directory."""
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    from handlers.support.worker_figures import SUFFIX, WorkerFigures
+
+    def figures_of(directory: Path, count: float) -> WorkerFigures:
+        registry = CollectorRegistry()
+        Counter("things", "Things", registry=registry).inc(count)
+        return WorkerFigures(str(directory), registry, lambda: {"sockets": 2, "eventHandlers": None})
+
+    other = figures_of(tmp_path, 3)
+    other.path = str(tmp_path / f"1{SUFFIX}")  # as another worker (pid 1, alive) writes it
+    other.write()
+    for name, text in [
+        (f"2{SUFFIX}", "not json"),
+        (f"3{SUFFIX}", "[1, 2]"),
+        (
+            f"4{SUFFIX}",
+            '{"families": [["x", "y", "counter", [["x_total", {"a": 1}, 5]]]], "health": {"sockets": 1}}',
+        ),
+        (f"5{SUFFIX}", '{"families": [], "health": {"sockets": "many"}}'),
+        (f"not-a-pid{SUFFIX}", "{}"),
+    ]:
+        (tmp_path / name).write_text(text)
+    mine = figures_of(tmp_path, 4)
+    scraped = parse(generate_latest(mine.exposed).decode())
+    assert scraped[("things_total", ())] == 7.0  # 4 here and 3 from worker 1; the rest passed over
+    assert [figures["sockets"] for figures in mine.everyone_alive()] == [2, 2]
+
+
+def test_a_listing_that_does_not_read_as_one_is_passed_over(tmp_path: Path) -> None:
+    from rooms.shared import LISTING_FILE, DirectoryShare
+
+    follower = DirectoryShare(str(tmp_path), leader=False)
+    for text in [
+        "not json",
+        "[]",
+        '{"rooms": {"a": 1}, "status": {}}',
+        '{"rooms": {}, "status": {"ok": true}}',
+    ]:
+        (tmp_path / LISTING_FILE).unlink(missing_ok=True)
+        (tmp_path / LISTING_FILE).write_text(text)
+        assert follower.newest() is None, text
+    leader = DirectoryShare(str(tmp_path), leader=True)
+    leader.publish({}, {"ok": True, "error": "", "reconciledAt": 1})
+    assert follower.newest() == ({}, {"ok": True, "error": "", "reconciledAt": 1})

@@ -106,16 +106,49 @@ class WorkerFigures(Collector):
             yield family
 
     def _others(self) -> Iterator[tuple[dict[str, Any], bool]]:
+        """The other workers' files that read as this module writes them, each with
+        whether its worker is alive; any other file there is passed over."""
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.directory):
-                if not entry.name.endswith(SUFFIX) or entry.path == self.path:
+                pid = entry.name.removesuffix(SUFFIX)
+                if entry.name == pid or not pid.isdigit() or entry.path == self.path:
                     continue
                 try:
                     with open(entry.path, "rb") as file:
                         figures = orjson.loads(file.read())
                 except (OSError, orjson.JSONDecodeError):
                     continue
-                yield figures, _alive(int(entry.name.removesuffix(SUFFIX)))
+                if _well_formed(figures):
+                    yield figures, _alive(int(pid))
+
+
+def _well_formed(figures: Any) -> bool:
+    def sample(item: Any) -> bool:
+        return (
+            isinstance(item, list)
+            and len(item) == 3
+            and isinstance(item[0], str)
+            and isinstance(item[1], dict)
+            and all(isinstance(key, str) and isinstance(value, str) for key, value in item[1].items())
+            and isinstance(item[2], (int, float))
+        )
+
+    def family(item: Any) -> bool:
+        return (
+            isinstance(item, list)
+            and len(item) == 4
+            and all(isinstance(part, str) for part in item[:3])
+            and isinstance(item[3], list)
+            and all(map(sample, item[3]))
+        )
+
+    return (
+        isinstance(figures, dict)
+        and isinstance(figures.get("families"), list)
+        and all(map(family, figures["families"]))
+        and isinstance(figures.get("health"), dict)
+        and isinstance(figures["health"].get("sockets"), int)
+    )
 
 
 def _alive(pid: int) -> bool:
