@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -287,9 +287,10 @@ class RoomDirectory:
     async def _reconcile_forever(self) -> None:
         while True:
             self._reconcile_soon.clear()
+            asked_at = self.share.asking() if self.share else 0.0
             reconciled = await self.reconcile()
             if self.share:
-                self.share.publish(self.rooms, self.status)
+                self.share.publish(self.rooms, self.status, asked_at)
             await asyncio.sleep(MIN_RECONCILE_GAP)
             period = self.config.rooms_reconcile_seconds
             wait = period if reconciled else min(period, RETRY_SECONDS)
@@ -327,19 +328,32 @@ class RoomDirectory:
 
     async def _follow_leader(self, share: DirectoryShare) -> None:
         """Not worker 0: each listing worker 0 writes is this worker's reconcile, with the
-        events this worker applied since it last looked on top."""
+        events this worker applied since worker 0 began asking on top. Events are kept
+        in one batch per look, as long as a reconcile may still need them."""
+        batches: deque[tuple[float, list[JsonObject]]] = deque()  # (closed at, events)
+        adopted_asked_at = 0.0
         self._during_reconcile = []
         while True:
+            now = time.time()
+            batches.append((now, self._during_reconcile))
+            self._during_reconcile = []
             found = share.newest()
             if found is not None:
-                rooms, status = found
-                during, self._during_reconcile = self._during_reconcile, []
+                rooms, status, asked_at = found
+                during = [event for closed, events in batches if closed >= asked_at for event in events]
+                batches.clear()
+                adopted_asked_at = asked_at
                 self._adopt(
                     {name: DirectoryRoom(info, people) for name, (info, people) in rooms.items()}, during
                 )
                 self._set_status(status["ok"], status["error"])
                 self.status["reconciledAt"] = status["reconciledAt"]
                 self._reconcile_soon.clear()
+            else:  # nothing older than a reconcile in progress, or than the last looks
+                asking = share.asking_since()
+                keep_from = (asking if asking > adopted_asked_at else now) - 2 * LOOK_SECONDS
+                while batches and batches[0][0] < keep_from:
+                    batches.popleft()
             await asyncio.sleep(LOOK_SECONDS)
 
     async def _list_everything(self, client: LiveKitAPI) -> dict[str, DirectoryRoom]:

@@ -602,5 +602,7 @@ def test_a_listing_that_does_not_read_as_one_is_passed_over(tmp_path: Path) -> N
         (tmp_path / LISTING_FILE).write_text(text)
         assert follower.newest() is None, text
     leader = DirectoryShare(str(tmp_path), leader=True)
-    leader.publish({}, {"ok": True, "error": "", "reconciledAt": 1})
-    assert follower.newest() == ({}, {"ok": True, "error": "", "reconciledAt": 1})
+    asked_at = leader.asking()
+    assert follower.asking_since() == asked_at
+    leader.publish({}, {"ok": True, "error": "", "reconciledAt": 1}, asked_at)
+    assert follower.newest() == ({}, {"ok": True, "error": "", "reconciledAt": 1}, asked_at)
