@@ -33,7 +33,7 @@ COPY --from=python-packages /opt/venv /opt/venv
 WORKDIR /app
 COPY --from=browser-packages /build/node_modules/livekit-client/dist node_modules/livekit-client/dist
 COPY --from=browser-packages /build/node_modules/qrcode-generator/dist node_modules/qrcode-generator/dist
-COPY server.py ./
+COPY server.py workers.py ./
 COPY ground ground
 COPY handlers handlers
 COPY eventlog eventlog

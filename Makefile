@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 LIVEKIT_VERSION := v1.13.5
 LIVEKIT_BIN := tools/bin/livekit-server
 
-.PHONY: run run-lan caddy test lint unit setup setup-dev system-packages livekit bench soak screenshot clean python-path
+.PHONY: run run-lan caddy test lint unit setup setup-dev system-packages livekit bench profile soak screenshot clean python-path
 
 run: setup
 	@$(PY) -m dev.run
@@ -108,6 +108,10 @@ livekit:
 
 bench: setup-dev bench/node_modules/.installed
 	$(PY) -m bench.run
+
+# Where our server spends its time under load (cProfile): see bench/profile.py.
+profile: setup-dev
+	$(PY) -m bench.profile
 
 bench/node_modules/.installed: bench/package.json bench/package-lock.json
 	cd bench && npm ci --no-audit --no-fund --loglevel=error

@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import signal
 import socket
 import sqlite3
 import sys
+import tempfile
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -37,8 +42,10 @@ from handlers.support.broadcast import Broadcaster
 from handlers.support.metrics import Metrics
 from handlers.support.observe import setup_logging
 from handlers.support.token_rules import BUILT_IN
+from handlers.support.worker_figures import WorkerFigures
 from rooms import Rooms
 from rooms.livekit import open_livekit_api, open_rooms_livekit_api
+from workers import Supervisor
 
 log = logging.getLogger("server")
 
@@ -49,6 +56,7 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 SHUTDOWN_SECONDS = 3.5
 CONNECTIONS_CLOSE_SECONDS = 0.5
 EXIT_CONFIG, EXIT_RUNTIME = 2, 1
+SHARED_MEMORY = "/dev/shm"
 
 
 class StartupError(Exception):
@@ -60,23 +68,37 @@ def make_app(
     event_log: EventLog,
     livekit_api: LiveKitAPI | None,
     extensions: Extensions,
+    worker: int | None = None,
+    shared_dir: str | None = None,
 ) -> tornado.web.Application:
     """The application, from what it depends on: the settings, the event log (not started),
     the server's own LiveKit API client (main() opens it; without one the admin API answers
-    503; extensions get a client of their own), and what APP_EXTENSIONS' modules define."""
+    503; extensions get a client of their own), what APP_EXTENSIONS' modules define, and
+    with WORKERS, which process this is (None: the only one) and the directory the
+    processes share (server.run makes it)."""
     # PyJWT warns on every signature with a short key; main() warns once instead.
     warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
     broadcaster = Broadcaster()  # the one owner of the event sockets; the store tells it what is new
     event_log.add_listener(broadcaster)
     # Extensions get a client of their own (its own pool): their calls and ours never wait for each other.
     app_context = AppContext(config, event_log, SharedLiveKitAPI(lambda: open_livekit_api(config)))
+    # Event handlers run once per event: in worker 0 only (restarted if it dies).
     runner = (
         EventHandlerRunner(list(extensions.event_handlers), open_feed(config, event_log), app_context)
-        if extensions.event_handlers
+        if extensions.event_handlers and not worker
         else None
     )
-    rooms = Rooms(config, event_log, livekit_api)
+    rooms = Rooms(config, event_log, livekit_api, shared_dir, leader=not worker)
     metrics = Metrics(lambda: broadcaster.count, runner) if config.metrics_enabled else None
+    figures = None  # WORKERS: /metrics and /healthz for all of them
+    if shared_dir:
+        figures = WorkerFigures(
+            shared_dir,
+            metrics.registry if metrics else None,
+            lambda: {"sockets": broadcaster.count, "eventHandlers": runner.health() if runner else None},
+        )
+        if metrics:
+            metrics.exposed = figures.exposed
     # Who gets a token: the built-in rules, the extensions' in order, then bans and
     # identity conflicts, on the identity the others settled on.
     authorize = (
@@ -86,9 +108,9 @@ def make_app(
     )
     # Each module's routes, tried in order: the busiest endpoint first; extensions' last.
     routes: list[Any] = [
-        *token.routes(config, authorize, app_context),
+        *token.routes(config, authorize, app_context, shared_dir),
         *webhook.routes(config, event_log),
-        *pages.routes(event_log, broadcaster, runner, rooms.directory),
+        *pages.routes(event_log, broadcaster, runner, rooms.directory, worker, figures),
         *events.routes(event_log, broadcaster),
         *rooms_handlers.routes(rooms, livekit_api, event_log),
         *metrics_routes(config, metrics),
@@ -98,6 +120,7 @@ def make_app(
     return make_application(
         config,
         routes,
+        worker,
         event_log=event_log,
         broadcaster=broadcaster,
         livekit_api=livekit_api,
@@ -108,6 +131,7 @@ def make_app(
         static_path=str(PROJECT_DIR / "static"),
         static_handler_class=StaticFileHandler,
         metrics=metrics,
+        worker_figures=figures,
         websocket_ping_interval=20,
         websocket_ping_timeout=20,
         websocket_max_message_size=4096,
@@ -115,8 +139,9 @@ def make_app(
 
 
 def run() -> None:
-    """Read the config, then serve on the chosen event loop until SIGTERM, SIGINT or SIGHUP.
-    What stops it from starting is one line: exit 2 for a setting, 1 for anything else."""
+    """Read the config, then serve on the chosen event loop until SIGTERM, SIGINT or SIGHUP,
+    in this process or (WORKERS > 1) in pre-forked workers. What stops it from starting is
+    one line: exit 2 for a setting, 1 for anything else."""
     try:
         config = Config.from_env()
         extensions = load_extensions(config.app_extensions)
@@ -124,19 +149,58 @@ def run() -> None:
         print(f"Configuration error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
     setup_logging(config)
+    if config.workers == 1:
+        raise SystemExit(serve(config, extensions))
+    try:
+        sockets = listen(config)  # bound once, here: every worker accepts on them
+    except StartupError as error:
+        log.error("Cannot start: %s", error)
+        raise SystemExit(EXIT_RUNTIME) from None
+    # What the workers share beside the store (the rate limit's buckets, the room
+    # directory's listing, their figures for /metrics and /healthz, the writers' lock): in
+    # memory where the machine has a memory file system; made here, removed when they stop.
+    shared_dir = tempfile.mkdtemp(
+        prefix="livekit-app-", dir=SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else None
+    )
+    supervisor = Supervisor(
+        config.workers,
+        lambda worker, ready: serve(config, extensions, Worker(worker, sockets, ready, shared_dir)),
+        f"sharing {shared_dir}",
+    )
+    try:
+        code = supervisor.run()
+    finally:
+        shutil.rmtree(shared_dir, ignore_errors=True)
+    raise SystemExit(code)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One of WORKERS processes: its number, the sockets the parent bound, how it tells
+    the parent that it serves, and the directory the workers share."""
+
+    number: int
+    sockets: list[socket.socket]
+    ready: Callable[[], None]
+    shared_dir: str
+
+
+def serve(config: Config, extensions: Extensions, worker: Worker | None = None) -> int:
+    """Run the server to its end in this process; its exit code."""
     try:
         if config.event_loop == "uvloop":
             import uvloop
 
-            uvloop.run(main(config, extensions))
+            uvloop.run(main(config, extensions, worker))
         else:
-            asyncio.run(main(config, extensions))
+            asyncio.run(main(config, extensions, worker))
     except ConfigError as error:  # an extension refused the settings (its setup, its routes)
         print(f"Configuration error: {error}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+        return EXIT_CONFIG
     except StartupError as error:
         log.error("Cannot start: %s", error)
-        raise SystemExit(EXIT_RUNTIME) from None
+        return EXIT_RUNTIME
+    return 0
 
 
 def explain_settings(config: Config) -> None:
@@ -166,14 +230,18 @@ async def start_app(app: tornado.web.Application) -> None:
         await runner.start()
         event_log.add_listener(WakeOnAppend(runner))
     await app.settings["rooms"].start()
+    figures: WorkerFigures | None = app.settings["worker_figures"]
+    if figures:
+        figures.start()
 
 
-async def main(config: Config, extensions: Extensions | None = None) -> None:
-    sockets = listen(config)
+async def main(config: Config, extensions: Extensions | None = None, worker: Worker | None = None) -> None:
+    sockets = worker.sockets if worker else listen(config)
     livekit_api = open_rooms_livekit_api(config)
     try:
-        app = make_app(config, open_event_log(config), livekit_api, extensions or Extensions())
-        event_log: EventLog = app.settings["event_log"]
+        event_log = open_event_log(config, worker.shared_dir if worker else None)
+        number, shared_dir = (worker.number, worker.shared_dir) if worker else (None, None)
+        app = make_app(config, event_log, livekit_api, extensions or Extensions(), number, shared_dir)
         await start_app(app)
     except ConfigError:
         for sock in sockets:
@@ -199,13 +267,33 @@ async def main(config: Config, extensions: Extensions | None = None) -> None:
     )
     listener = Listener(server, sockets, max_connections(config))
     listener.start()
-    try:
-        app.settings["metrics_server"] = listen_metrics(config, app.settings["metrics"])
+    try:  # METRICS_PORT: one port, so one worker serves it (WORKERS)
+        if worker is None or worker.number == 0:
+            app.settings["metrics_server"] = listen_metrics(config, app.settings["metrics"])
     except OSError as error:
         raise StartupError(
             f"METRICS_PORT {config.metrics_port} is not available ({error.strerror or error}): "
             "set it to a free port, or unset it to serve /metrics on SERVER_PORT"
         ) from None
+    if worker is None or worker.number == 0:  # said once, not by every worker
+        explain_startup(config, event_log, listener, worker is not None)
+
+    # SIGHUP too: a closed terminal or a supervisor's reload stops the server gracefully
+    # (there is no reload: the config is read once); unless started with it ignored (nohup).
+    stopped_by: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            asyncio.get_running_loop().add_signal_handler(signum, _stop, stopped_by, signum.name)
+    if worker is not None:  # serving, and a SIGTERM from now on drains it
+        worker.ready()
+    who = f"worker {worker.number}: " if worker else ""
+    log.info("%sShutting down (%s)", who, await stopped_by)
+    await shutdown(listener, server, app)
+    log.info("%sStopped", who)
+
+
+def explain_startup(config: Config, event_log: EventLog, listener: Listener, workers: bool) -> None:
+    """The start-up lines: warnings about the settings, then where it listens."""
     if config.uses_dev_credentials:
         log.warning(
             "Using the development API key and secret (devkey/secret): fine for a local "
@@ -217,22 +305,13 @@ async def main(config: Config, extensions: Extensions | None = None) -> None:
         log.warning("WS /events and /events/history are off: in production they need EVENTS_AUTH_SECRET")
     explain_settings(config)
     log.info(
-        "Listening on http://localhost:%d (LiveKit at %s, events in %s, at most %d connections)",
+        "Listening on http://localhost:%d (LiveKit at %s, events in %s, at most %d connections%s)",
         config.server_port,
         config.livekit_url,
         event_log.kind,
         listener.max_connections,
+        " per worker" if workers else "",
     )
-
-    # SIGHUP too: a closed terminal or a supervisor's reload stops the server gracefully
-    # (there is no reload: the config is read once); unless started with it ignored (nohup).
-    stopped_by: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        if signal.getsignal(signum) != signal.SIG_IGN:
-            asyncio.get_running_loop().add_signal_handler(signum, _stop, stopped_by, signum.name)
-    log.info("Shutting down (%s)", await stopped_by)
-    await shutdown(listener, server, app)
-    log.info("Stopped")
 
 
 def _stop(stopped_by: asyncio.Future[str], signal_name: str) -> None:
@@ -307,6 +386,9 @@ async def stop_app(app: tornado.web.Application) -> None:
     await app_context.shared_api.aclose()
     if app.settings["livekit_api"] is not None:
         await app.settings["livekit_api"].aclose()
+    figures: WorkerFigures | None = app.settings["worker_figures"]
+    if figures:
+        figures.stop()  # last, with every request counted
 
 
 if __name__ == "__main__":

@@ -35,8 +35,10 @@ SERVER_CPU, LOAD_CPU = "0", "1"
 warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
 
 
-def pinned(cpu: str, command: list[str]) -> list[str]:
-    return ["taskset", "-c", cpu, *command] if shutil.which("taskset") and os.cpu_count() != 1 else command
+def pinned(cpu: str | None, command: list[str]) -> list[str]:
+    if cpu is None or not shutil.which("taskset") or os.cpu_count() == 1:
+        return command
+    return ["taskset", "-c", cpu, *command]
 
 
 @dataclass
@@ -48,11 +50,14 @@ class Server:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
+    command: list[str] | None = None  # instead of the kind's own (bench/profile.py: under cProfile)
+    cpu: str | None = SERVER_CPU  # None: not pinned, sharing every core with the load
 
     COMMANDS: ClassVar[dict[str, list[str]]] = {
         "ours": [sys.executable, str(PROJECT_DIR / "server.py")],
         "bare": [sys.executable, str(BENCH_DIR / "peers" / "bare_tornado.py")],
         "express": ["node", str(BENCH_DIR / "peers" / "express_token.mjs")],
+        "express-cluster": ["node", str(BENCH_DIR / "peers" / "express_cluster.mjs")],
     }
 
     @property
@@ -75,7 +80,7 @@ class Server:
         }
         started = time.monotonic()
         self.process = subprocess.Popen(
-            pinned(SERVER_CPU, self.COMMANDS[self.kind]),
+            pinned(self.cpu, self.command or self.COMMANDS[self.kind]),
             env=env,
             cwd=self.workdir,
             stdout=subprocess.DEVNULL,
@@ -118,13 +123,15 @@ class Server:
                 self.process.wait()
 
 
-def wrk(url: str, script: Path, seconds: float, connections: int, *args: str) -> dict[str, Any]:
+def wrk(
+    url: str, script: Path, seconds: float, connections: int, *args: str, cpu: str | None = LOAD_CPU
+) -> dict[str, Any]:
     """One wrk run; adds `rps` and the CPU share wrk itself used (to show it is not the limit)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
     if args:
         command += ["--", *args]
-    output = subprocess.run(pinned(LOAD_CPU, command), capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(pinned(cpu, command), capture_output=True, text=True, check=True).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
     result["rps"] = result["requests"] / result["seconds"]
@@ -171,16 +178,17 @@ def write_webhook_file(path: Path, count: int) -> None:
 
 
 class Clients:
-    """A bench/clients.mjs process holding `count` sockets on the load core."""
+    """A bench/clients.mjs process holding `count` sockets on the load core (`cpu`; None:
+    on any)."""
 
-    def __init__(self, url: str, count: int, expect: int = 0) -> None:
+    def __init__(self, url: str, count: int, expect: int = 0, cpu: str | None = LOAD_CPU) -> None:
         self.expect = expect
         ws_url = url.replace("http", "ws") + "/events"
         command = ["node", str(BENCH_DIR / "clients.mjs"), ws_url, str(count)] + (
             [str(expect)] if expect else []
         )
         self.process = subprocess.Popen(
-            pinned(LOAD_CPU, command),
+            pinned(cpu, command),
             cwd=PROJECT_DIR,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

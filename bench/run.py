@@ -2,7 +2,8 @@
 table and written with a description of the machine to bench/results.md.
 
 BENCH_ROUNDS (default 5 for tokens, 3 elsewhere) and BENCH_SIZES (default
-1,100,1000,5000) make it shorter or longer. BENCH_ONLY=metrics,tokens runs only the
+1,100,1000,5000,10000) make it shorter or longer. The unpinned section runs the way a
+user compares servers on one box, with WORKERS=auto. BENCH_ONLY=metrics,tokens runs only the
 sections whose titles start with those words, and prints without writing results.md.
 """
 
@@ -25,6 +26,8 @@ from typing import Any
 
 from bench.harness import (
     BENCH_DIR,
+    LOAD_CPU,
+    SERVER_CPU,
     Clients,
     Figure,
     Server,
@@ -39,7 +42,7 @@ from dev.livekit_server import free_port, is_listening
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "0"))
 ONLY = [word.strip().lower() for word in os.environ.get("BENCH_ONLY", "").split(",") if word.strip()]
-SIZES = [int(size) for size in os.environ.get("BENCH_SIZES", "1,100,1000,5000").split(",")]
+SIZES = [int(size) for size in os.environ.get("BENCH_SIZES", "1,100,1000,5000,10000").split(",")]
 TOKEN_CONNECTIONS = 32
 LOAD_SECONDS = 3
 notes: list[str] = []
@@ -301,13 +304,15 @@ def fanout_round(
     post_to: str = "",
     env: dict[str, str] | None = None,
     receivers: Server | None = None,
+    cpu: str | None = SERVER_CPU,
 ) -> tuple[list[float], float, float]:
-    """Latencies (ms) of `events` posts reaching `size` sockets; idle RSS and RSS per socket (KiB)."""
-    server = receivers or Server(kind, env or {})
+    """Latencies (ms) of `events` posts reaching `size` sockets; idle RSS and RSS per socket
+    (KiB). `cpu` None: nothing pinned, neither the server nor the clients."""
+    server = receivers or Server(kind, env or {}, cpu=cpu)
     if receivers is None:
         server.start()
     idle = server.rss_kib()
-    clients = Clients(server.url, size, events)
+    clients = Clients(server.url, size, events, cpu=LOAD_CPU if cpu else None)
     per_socket = (server.rss_kib() - idle) / size
     gap = 0.05 + size * 0.00006
     try:
@@ -359,7 +364,7 @@ def bench_fanout() -> list[Figure]:
                     f"{statistics.median(p[99].base):.0f} ms in the same run, and the figure includes the "
                     "clients: one Node.js process on the one other core reading 1000 frames per event."
                 )
-        if size == 5000:
+        if size in (5000, 10000):
             p[95].target, p[95].met = "< 500 ms", statistics.median(p[95].ours) < 500
         figures += list(p.values())
     idle = Figure(
@@ -429,6 +434,118 @@ def bench_redis(workdir: Path) -> list[Figure]:
     return [p50, p99]
 
 
+def bench_unpinned(workdir: Path) -> list[Figure]:
+    """The way a user compares two servers on one box: nothing pinned, wrk sharing the
+    cores. Ours with WORKERS=auto against the seed-style Express server (one node
+    process) and Express under node:cluster (one process per core); and durable webhooks
+    per second with WORKERS=auto against WORKERS=1."""
+    requests_file = workdir / "webhooks.tsv"
+    if not requests_file.exists():
+        write_webhook_file(requests_file, 40_000)
+    kinds = ["ours", "express", "express-cluster"]
+    tokens: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for order in alternating(kinds, ROUNDS or 3):
+        for kind in order:
+            server = Server(kind, {"WORKERS": "auto"} if kind == "ours" else {}, cpu=None)
+            server.start()
+            try:
+                wrk(server.url + "/token", BENCH_DIR / "token.lua", 1, TOKEN_CONNECTIONS, cpu=None)  # warm-up
+                result = wrk(
+                    server.url + "/token", BENCH_DIR / "token.lua", LOAD_SECONDS, TOKEN_CONNECTIONS, cpu=None
+                )
+            finally:
+                server.stop()
+            if result["errors"] or result["non2xx"]:
+                raise RuntimeError(f"{kind} /token (unpinned) answered errors: {result}")
+            tokens[kind].append(result["rps"])
+    single = Figure(
+        "/token, unpinned, WORKERS=auto vs one Express process",
+        "req/s",
+        tokens["ours"],
+        tokens["express"],
+        "seed-style Express, one node process",
+        ">= 1.5x",
+    )
+    clustered = Figure(
+        "/token, unpinned, WORKERS=auto vs Express on node:cluster",
+        "req/s",
+        tokens["ours"],
+        tokens["express-cluster"],
+        "Express, one process per core",
+        ">= 1.0x",
+    )
+    single.met = statistics.median(single.ratios) >= 1.5
+    clustered.met = statistics.median(clustered.ratios) >= 1.0
+    webhooks = Figure(
+        "webhooks stored/s, unpinned, WORKERS=auto", "/s", baseline="ours, WORKERS=1", target=">= 3000/s"
+    )
+    for order in alternating(["auto", "1"], ROUNDS or 3):
+        for workers in order:
+            server = Server("ours", {"WORKERS": workers}, cpu=None)
+            server.start()
+            try:
+                result = wrk(
+                    server.url, BENCH_DIR / "webhooks.lua", LOAD_SECONDS, 16, str(requests_file), cpu=None
+                )
+            finally:
+                server.stop()
+            if result["errors"] or result["non2xx"]:
+                raise RuntimeError(f"webhooks with WORKERS={workers} not clean: {result}")
+            (webhooks.ours if workers == "auto" else webhooks.base).append(result["rps"])
+    webhooks.met = statistics.median(webhooks.ours) >= 3000
+    return [single, clustered, webhooks]
+
+
+def fanout_with_workers() -> list[Figure]:
+    """Fan-out to the most sockets, nothing pinned: WORKERS=auto (the sockets spread over
+    the workers, each worker sending to its own) against WORKERS=1."""
+    size = max(SIZES)
+    p95 = Figure(f"fan-out p95 to {size} sockets, unpinned, WORKERS=auto", "ms", baseline="ours, WORKERS=1")
+    p99 = Figure(f"fan-out p99 to {size} sockets, unpinned, WORKERS=auto", "ms", baseline="ours, WORKERS=1")
+    for order in alternating(["auto", "1"], ROUNDS or 3):
+        for workers in order:
+            latencies, _, _ = fanout_round("ours", size, 10, env={"WORKERS": workers}, cpu=None)
+            (p95.ours if workers == "auto" else p95.base).append(percentile(latencies, 0.95))
+            (p99.ours if workers == "auto" else p99.base).append(percentile(latencies, 0.99))
+    p95.target, p95.met = "< 500 ms", statistics.median(p95.ours) < 500
+    return [p95, p99]
+
+
+def bench_rate_limit() -> list[Figure]:
+    """What TOKEN_RATE_LIMIT costs /token, with a limit no one reaches against none: one
+    process (buckets in a dict), pinned; and WORKERS=2 (buckets shared in a mapped file),
+    unpinned."""
+    figures = []
+    for workers, cpu in (("1", SERVER_CPU), ("2", None)):
+        figure = Figure(
+            f"/token with the rate limit on, WORKERS={workers}" + (", unpinned" if cpu is None else ""),
+            "req/s",
+            baseline="the same, TOKEN_RATE_LIMIT=0",
+        )
+        for order in alternating(["on", "off"], ROUNDS or 3):
+            for limit in order:
+                env = {"WORKERS": workers, "TOKEN_RATE_LIMIT": "1000000000" if limit == "on" else "0"}
+                server = Server("ours", env, cpu=cpu)
+                server.start()
+                load_cpu = LOAD_CPU if cpu else None
+                try:
+                    wrk(server.url + "/token", BENCH_DIR / "token.lua", 1, TOKEN_CONNECTIONS, cpu=load_cpu)
+                    result = wrk(
+                        server.url + "/token",
+                        BENCH_DIR / "token.lua",
+                        LOAD_SECONDS,
+                        TOKEN_CONNECTIONS,
+                        cpu=load_cpu,
+                    )
+                finally:
+                    server.stop()
+                if result["errors"] or result["non2xx"]:
+                    raise RuntimeError(f"/token with the rate limit {limit} answered errors: {result}")
+                (figure.ours if limit == "on" else figure.base).append(result["rps"])
+        figures.append(figure)
+    return figures
+
+
 def bench_startup() -> list[Figure]:
     figure = Figure("start-up to first 200 on /healthz", "ms", baseline="bare Tornado")
     for order in alternating(["ours", "bare"], ROUNDS or 5):
@@ -472,7 +589,10 @@ def main() -> None:
         ("Fan-out and memory", bench_fanout),
         ("Redis", lambda: bench_redis(workdir)),
         ("Start-up", bench_startup),
+        ("Unpinned, with workers", lambda: bench_unpinned(workdir)),
+        ("Fan-out with workers", fanout_with_workers),
         ("Metrics cost", lambda: bench_metrics(workdir)),
+        ("Rate limit cost", bench_rate_limit),
     ]
     if ONLY:
         sections = [(title, run) for title, run in sections if title.lower().startswith(tuple(ONLY))]

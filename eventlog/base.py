@@ -83,6 +83,14 @@ def parse_cursor(cursor: str) -> tuple[str, tuple[int, int]] | None:
     return match.group(1), position
 
 
+@dataclass(frozen=True, slots=True)
+class Told:
+    """How far this process's listeners were told: every entry after it reaches them."""
+
+    order: tuple[int, int]
+    cursor: str | None  # None: nothing was kept yet, so "from the oldest"
+
+
 class EventLog(ABC):
     """Base of every store: keeps its listeners and tells them what was added."""
 
@@ -90,11 +98,14 @@ class EventLog(ABC):
 
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
+        # Set by the store once it knows where its listeners start; None until then.
+        self.told: Told | None = None
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     def _entries_added(self, entries: Sequence[Entry]) -> None:
+        self.told = Told(entries[-1].order, entries[-1].cursor)
         for listener in self._listeners:
             try:
                 listener.entries_added(entries)
@@ -129,6 +140,17 @@ class EventLog(ABC):
     async def newest_start(self, count: int) -> str | None:
         """The cursor after which the newest `count` entries follow; None when fewer
         are kept (read from the oldest)."""
+
+    async def replay_start(self, count: int, told: Told | None) -> str | None:
+        """Where a new socket without a cursor starts reading: before the newest `count`
+        entries, and never after what the listeners had been told when it subscribed
+        (`told`), since the live entries it saw while reading are not sent twice but
+        read back from here. Raises StoreUnavailable."""
+        start = await self.newest_start(count)
+        if start is None or told is None:
+            return start
+        parsed = parse_cursor(start)
+        return told.cursor if parsed is not None and parsed[1] > told.order else start
 
     @abstractmethod
     def health(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from eventlog.base import (
     EventLog,
     Page,
     StoreUnavailable,
+    Told,
     make_cursor,
     new_log_id,
     parse_cursor,
@@ -171,6 +172,8 @@ class RedisEventLog(EventLog):
             try:
                 if last_id is None:
                     last_id = await self._last_id()
+                if self.told is None and self.log_id:
+                    self.told = self._told_at(last_id)
                 answer: Any = await self._reader_redis.xread(
                     {STREAM_KEY: last_id}, count=READ_BATCH, block=READ_BLOCK_MS
                 )
@@ -195,6 +198,11 @@ class RedisEventLog(EventLog):
                 self._set_available(False)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _told_at(self, entry_id: str) -> Told:
+        """Where this reader starts: every entry after `entry_id` reaches the listeners."""
+        position = _position(entry_id) or (0, 0)
+        return Told(position, make_cursor(self.log_id, entry_id) if position > (0, 0) else None)
 
     def _set_available(self, available: bool) -> None:
         if available == self._available:

@@ -10,6 +10,8 @@ their own connection: in WAL mode they see the last commit and never hold up a w
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -24,6 +26,7 @@ from eventlog.base import (
     EventLog,
     Page,
     StoreUnavailable,
+    Told,
     make_cursor,
     new_log_id,
     parse_cursor,
@@ -48,6 +51,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 BUSY_SECONDS = 5.0
 BUSY_STEP_MS = 50
 _PRUNE_EVERY_SECONDS = 60
+# WORKERS on one file: how often a worker looks for entries the others appended, and how
+# many it reads at once.
+FOLLOW_SECONDS = 0.01
+FOLLOW_BATCH = 500
 _Pending = tuple[str, int, str, "asyncio.Future[str | None]"]
 
 
@@ -59,10 +66,18 @@ class SqliteEventLog(EventLog):
     kind = "sqlite"
     _closing = False
 
-    def __init__(self, path: str, keep: int) -> None:
+    def __init__(self, path: str, keep: int, shared: bool = False, writers_lock: str = "") -> None:
         super().__init__()
         self.path = path
         self.keep = keep
+        # WORKERS: other processes append to this file too. Listeners then hear of every
+        # entry, ours and theirs, from one follower that reads the file in seq order.
+        self.shared = shared
+        # And they take turns writing by a lock file of their own, which wakes the next
+        # writer the moment one commits: waiting on SQLite's lock sleeps 1 to 50 ms a try.
+        self._writers_lock = os.open(writers_lock, os.O_RDWR | os.O_CREAT, 0o600) if writers_lock else -1
+        self._follower: asyncio.Task[None] | None = None
+        self._appended = asyncio.Event()
         self.in_memory = path == ":memory:"
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-events-write")
         self._db = self._writer_thread.submit(self._open_writer).result()
@@ -98,6 +113,8 @@ class SqliteEventLog(EventLog):
         db.execute("COMMIT")
         # Which file this is: a commit is acknowledged only while EVENTS_DB still names it.
         self._file = self._identity()
+        newest = db.execute("SELECT max(seq) FROM events").fetchone()[0]
+        self.told = Told((newest or 0, 0), None if newest is None else make_cursor(self.log_id, str(newest)))
         db.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")  # from now on writes wait in _begin
         return db
 
@@ -149,17 +166,29 @@ class SqliteEventLog(EventLog):
                 for (_, received_at, event_json, _), seq in zip(batch, seqs, strict=True)
                 if seq is not None
             ]
-            # Listeners hear in commit order, before the webhooks are answered.
-            if entries:
+            # Listeners hear in commit order, before the webhooks are answered (shared: from
+            # the follower, woken now, which keeps every process's entries in one order).
+            if entries and not self.shared:
                 self._entries_added(entries)
+            elif entries:
+                self._appended.set()
             for (*_, future), seq in zip(batch, seqs, strict=True):
                 if not future.done():
                     future.set_result(None if seq is None else make_cursor(self.log_id, str(seq)))
 
     def _insert(self, rows: list[tuple[str, int, str]]) -> list[int | None]:
         self._check_file()
-        seqs: list[int | None] = []
         db = self._db
+        if self._writers_lock >= 0:
+            fcntl.lockf(self._writers_lock, fcntl.LOCK_EX)  # the kernel lets go if this process dies
+        try:
+            return self._insert_in_turn(db, rows)
+        finally:
+            if self._writers_lock >= 0:
+                fcntl.lockf(self._writers_lock, fcntl.LOCK_UN)
+
+    def _insert_in_turn(self, db: sqlite3.Connection, rows: list[tuple[str, int, str]]) -> list[int | None]:
+        seqs: list[int | None] = []
         now = time.time()
         self._begin(db)
         try:
@@ -187,6 +216,42 @@ class SqliteEventLog(EventLog):
         # Committed, but into the file EVENTS_DB names? If not, nothing is acknowledged.
         self._check_file()
         return seqs
+
+    async def start(self) -> None:
+        if self.shared and self._follower is None:
+            self._follower = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        """Shared file: tell the listeners of each entry after `told`, whoever wrote it.
+        Woken by this process's own commits, and every FOLLOW_SECONDS for the others'.
+        Seqs are given under SQLite's write lock, so none appears behind a later one."""
+        loop = asyncio.get_running_loop()
+        failing = False
+        while not self._closing:
+            after = self.told.order[0] if self.told else 0
+            try:
+                entries = await loop.run_in_executor(self._reader_thread, self._entries_after, after)
+            except sqlite3.Error as error:
+                if not failing:
+                    log.error("reading the shared event store failed; retrying: %s", error)
+                failing = True
+                await asyncio.sleep(FOLLOW_SECONDS * 10)
+                continue
+            failing = False
+            if entries:
+                self._entries_added(entries)
+                if len(entries) == FOLLOW_BATCH:
+                    continue
+            self._appended.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._appended.wait(), FOLLOW_SECONDS)
+
+    def _entries_after(self, after: int) -> list[Entry]:
+        rows = self._reader_db.execute(
+            "SELECT seq, received_at, event FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, FOLLOW_BATCH),
+        ).fetchall()
+        return [Entry((seq, 0), make_cursor(self.log_id, str(seq)), at, event) for seq, at, event in rows]
 
     def _begin(self, db: sqlite3.Connection) -> None:
         deadline = time.monotonic() + BUSY_SECONDS
@@ -275,6 +340,9 @@ class SqliteEventLog(EventLog):
         # Bounded: a write still waiting for another process's lock gives up now (503:
         # what is not committed was not acknowledged) rather than wait out BUSY_SECONDS.
         self._closing = True
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.wait({self._follower}, timeout=2)
         if self._writer is not None:
             await asyncio.shield(self._writer)
         loop = asyncio.get_running_loop()
@@ -283,3 +351,5 @@ class SqliteEventLog(EventLog):
             self._reader_thread.shutdown(wait=True)
         await loop.run_in_executor(self._writer_thread, self._db.close)
         self._writer_thread.shutdown(wait=True)
+        if self._writers_lock >= 0:
+            os.close(self._writers_lock)

@@ -89,6 +89,19 @@ def _duration(raw: str, name: str) -> timedelta:
         raise ConfigError(f"{name} is far too long ({raw}); use a duration such as 30m or 6h") from None
 
 
+MAX_WORKERS = 64
+
+
+def _workers(raw: str, name: str) -> int:
+    """A number of worker processes, or `auto`: one per core this process may run on."""
+    if raw.strip().lower() == "auto":
+        return min(
+            MAX_WORKERS,
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        )
+    return integer(1, MAX_WORKERS)(raw, name)
+
+
 def _flag(raw: str, name: str) -> bool:
     if raw.lower() in ("1", "true", "yes", "on"):
         return True
@@ -252,6 +265,7 @@ def _seconds(raw: str, name: str) -> float:
 class Config:
     server_port: int = setting(6080, integer(1, 65535))
     server_host: str = setting("", text)
+    workers: int = setting(1, _workers)
     max_connections: int = setting(0, integer(0))  # 0: derived from the open-file limit at start-up
     idle_timeout: timedelta = setting(timedelta(seconds=10), _duration)
     body_timeout: timedelta = setting(timedelta(seconds=30), _duration)

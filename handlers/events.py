@@ -11,7 +11,7 @@ import tornado.httputil
 import tornado.websocket
 from tornado.iostream import StreamClosedError
 
-from eventlog import Entry, EventLog, StoreUnavailable
+from eventlog import Entry, EventLog, StoreUnavailable, Told
 from ground.config import Config
 from ground.credentials import bearer_credential, secret_matches
 from ground.errors import ApiError
@@ -94,6 +94,7 @@ class EventsSocketHandler(EveryOriginChecked, JsonErrors, tornado.websocket.WebS
         self.waiting = 0
         self.replay_task: asyncio.Future[None] | None = None
         self.since: str | None = None
+        self.told: Told | None = None
 
     def prepare(self) -> None:
         check_events_credential(self.settings["config"], self.request)
@@ -110,7 +111,10 @@ class EventsSocketHandler(EveryOriginChecked, JsonErrors, tornado.websocket.WebS
         return "*" in allowed or origin.rstrip("/") in allowed or same_origin(origin, self.request, config)
 
     def open(self) -> None:
+        # Subscribed, and how far the broadcaster had been told, in one step: whatever
+        # is acknowledged from now on comes live or is read back from there.
         self.broadcaster.subscribe(self)
+        self.told = self.event_log.told
         # A task of its own: the connection keeps reading (pongs, the close) meanwhile.
         self.replay_task = asyncio.ensure_future(self.replay_then_live(self.since))
 
@@ -143,7 +147,7 @@ class EventsSocketHandler(EveryOriginChecked, JsonErrors, tornado.websocket.WebS
         nothing newer than what was sent and nothing newer was seen live."""
         event_log = self.event_log
         replay_count = self.settings["config"].events_replay
-        cursor = since if since is not None else await event_log.newest_start(replay_count)
+        cursor = since if since is not None else await event_log.replay_start(replay_count, self.told)
         fell_back = since is None
         idle_reads = 0
         while True:
@@ -155,7 +159,7 @@ class EventsSocketHandler(EveryOriginChecked, JsonErrors, tornado.websocket.WebS
             if page.unknown_cursor:
                 self.tell(unknown_cursor_notice(cursor or ""))
                 # The newest events of this log; if even that cursor is gone, all of them.
-                cursor = None if fell_back else await event_log.newest_start(replay_count)
+                cursor = None if fell_back else await event_log.replay_start(replay_count, self.told)
                 fell_back = True
                 continue
             trimmed = page_notice(page, cursor)

@@ -43,7 +43,7 @@ class MetricsHandler(Handler):
                 "to serve it on a port of its own",
             )
         self.set_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
-        self.finish(generate_latest(self.metrics.registry))
+        self.finish(generate_latest(self.metrics.exposed))
 
 
 def metrics_routes(config: Config, metrics: Metrics | None, separate_port: bool = False) -> list[Any]:

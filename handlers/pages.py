@@ -14,6 +14,7 @@ from ground.config import PROJECT_DIR
 from handlers.support.admin_access import page_admin_mode
 from handlers.support.base import Handler, Route
 from handlers.support.broadcast import Broadcaster
+from handlers.support.worker_figures import WorkerFigures
 from rooms.directory import RoomDirectory
 
 
@@ -66,11 +67,15 @@ class HealthHandler(Handler):
         broadcaster: Broadcaster,
         event_handlers: EventHandlerRunner | None,
         directory: RoomDirectory | None,
+        worker: int | None,
+        figures: WorkerFigures | None,
     ) -> None:
         self.event_log = event_log
         self.broadcaster = broadcaster
         self.event_handlers = event_handlers
         self.directory = directory
+        self.worker = worker
+        self.figures = figures
 
     def get(self) -> None:
         store: dict[str, Any] = self.event_log.health()  # {"store", "ok"}: no error text
@@ -89,6 +94,15 @@ class HealthHandler(Handler):
             health["rooms"] = rooms
             if rooms["down"] and store["ok"]:
                 health["status"] = "degraded"
+        if self.figures:  # WORKERS: the whole server's sockets and event handlers (worker 0's)
+            everyone = self.figures.everyone_alive()
+            health["sockets"] = sum(figures["sockets"] for figures in everyone)
+            runners = [figures["eventHandlers"] for figures in everyone if figures["eventHandlers"]]
+            if runners:
+                health["eventHandlers"] = runners[0]
+            health["workers"] = len(everyone)
+        if self.worker is not None:  # which one answered
+            health["worker"] = self.worker
         self.write_json(health, status=status)
 
     head = get  # load balancers check with HEAD
@@ -115,6 +129,8 @@ def routes(
     broadcaster: Broadcaster,
     event_handlers: EventHandlerRunner | None,
     directory: RoomDirectory | None = None,
+    worker: int | None = None,
+    figures: WorkerFigures | None = None,
 ) -> list[Route]:
     """The demo page, health, and the npm packages the page loads from this origin."""
     vendor = PROJECT_DIR / "node_modules"
@@ -124,6 +140,8 @@ def routes(
         "broadcaster": broadcaster,
         "event_handlers": event_handlers,
         "directory": directory,
+        "worker": worker,
+        "figures": figures,
     }
     return [
         (r"/", IndexHandler, {"jinja": jinja}),

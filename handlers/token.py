@@ -23,7 +23,7 @@ from ground.config import Config
 from ground.errors import ApiError
 from ground.logsafe import quoted
 from handlers.support.base import Handler, Route
-from handlers.support.ratelimit import RateLimiter
+from handlers.support.ratelimit import RateLimiter, SharedRateLimiter
 from handlers.support.token_rules import check_grant, identifier, text
 
 log = logging.getLogger(__name__)
@@ -176,10 +176,19 @@ def _room_config(value: Any) -> RoomConfiguration:
     return room_config
 
 
-def routes(config: Config, authorize: tuple[Step, ...], app_context: AppContext) -> list[Route]:
+def routes(
+    config: Config, authorize: tuple[Step, ...], app_context: AppContext, shared_dir: str | None = None
+) -> list[Route]:
     """`authorize`: the chain, built-in rules first (server.make_app puts it together);
-    `app_context`: what the chain's steps get as `request.app`."""
-    rate_limiter = RateLimiter(config.token_rate_limit) if config.token_rate_limit else None
+    `app_context`: what the chain's steps get as `request.app`; `shared_dir`: WORKERS'
+    directory, where the rate limit's buckets are shared."""
+    rate_limiter: RateLimiter | None = None
+    if config.token_rate_limit:
+        rate_limiter = (
+            SharedRateLimiter(config.token_rate_limit, shared_dir)
+            if shared_dir
+            else RateLimiter(config.token_rate_limit)
+        )
     # `//token`: the iOS client's URL when its base ends in /
     kwargs = {"rate_limiter": rate_limiter, "steps": authorize, "app_context": app_context}
     return [(r"/+token", TokenHandler, kwargs)]

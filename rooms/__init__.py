@@ -12,6 +12,7 @@ from rooms.bans import BanStore, open_ban_store
 from rooms.directory import RoomDirectory
 from rooms.enforcement import BanEnforcer
 from rooms.livekit import LiveKitCalls
+from rooms.shared import DirectoryShare
 
 __all__ = ["Rooms"]
 
@@ -20,14 +21,25 @@ class Rooms:
     """What the rooms features share, built by make_app and kept in its settings
     (`rooms`); the LiveKitAPI client itself is `livekit_api` there, for every handler."""
 
-    def __init__(self, config: Config, event_log: EventLog, livekit_api: LiveKitAPI | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        event_log: EventLog,
+        livekit_api: LiveKitAPI | None,
+        shared_dir: str | None = None,
+        leader: bool = True,
+    ) -> None:
+        """WORKERS: `shared_dir`, the directory the processes share (they share the store
+        too); `leader`, whether this one (worker 0) reconciles the room directory for all."""
         self.livekit_api = livekit_api
         self.calls = LiveKitCalls(config)
-        self.bans: BanStore = open_ban_store(config)
+        self.bans: BanStore = open_ban_store(config, shared=shared_dir is not None)
         self.admission = Admission(config, self.bans, livekit_api, self.calls)
-        self.directory = RoomDirectory(config, event_log, livekit_api, self.calls)
+        share = DirectoryShare(shared_dir, leader) if shared_dir else None
+        self.directory = RoomDirectory(config, event_log, livekit_api, self.calls, share)
         self.enforcer = BanEnforcer(self.bans, self.calls, livekit_api, event_log)
-        self.directory.on_participant = self.enforcer.seen
+        if leader:  # one process removes a banned identity again, not every worker
+            self.directory.on_participant = self.enforcer.seen
 
     async def start(self) -> None:
         await self.directory.start()

@@ -5,13 +5,16 @@ Rooms and identities are kept by their canonical key (rooms/names.py): a ban on 
 holds for every identity that looks like `bob`.
 
 SQLite: a `bans` table in the event log's file, read into memory at start-up and
-written through (one instance per file, as the event log). Redis: one sorted set per
+written through (one instance per file, as the event log); with WORKERS, each of which
+may set or lift a ban, read from the file on every check instead (a primary-key read in
+WAL mode, which no writer holds up). Redis: one sorted set per
 room (`livekit:bans:<room>`, identity -> end in ms), which expires with its last ban.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -28,6 +31,7 @@ from ground.config import Config
 from rooms.names import canonical
 
 MAX_BAN_SECONDS = 365 * 86_400
+READ_BUSY_MS = 200
 REDIS_KEY_PREFIX = "livekit:bans:"
 
 
@@ -80,10 +84,11 @@ class BanStore(ABC):
     async def close(self) -> None: ...
 
 
-def open_ban_store(config: Config) -> BanStore:
+def open_ban_store(config: Config, shared: bool = False) -> BanStore:
+    """`shared`: other processes (WORKERS) set and lift bans in the same store."""
     if config.events_redis_url:
         return RedisBans(config.events_redis_url)
-    return SqliteBans(config.events_db)
+    return SqliteBans(config.events_db, shared)
 
 
 _SCHEMA = """
@@ -97,9 +102,18 @@ CREATE TABLE IF NOT EXISTS bans (
 
 
 class SqliteBans(BanStore):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, shared: bool = False) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-bans")
         self._db, self._bans = self._thread.submit(self._open, path).result()
+        self.shared = shared
+        # Its own connection: the writer's may be busy in the thread meanwhile.
+        self._reader = (
+            sqlite3.connect(path, isolation_level=None, check_same_thread=False) if shared else None
+        )
+        if self._reader is not None:
+            # A WAL read waits only in rare moments (another process recovering the file):
+            # briefly then, rather than answer 503 at once.
+            self._reader.execute(f"PRAGMA busy_timeout={READ_BUSY_MS}")
 
     @staticmethod
     def _open(path: str) -> tuple[sqlite3.Connection, dict[tuple[str, str], int]]:
@@ -139,6 +153,8 @@ class SqliteBans(BanStore):
 
     async def find(self, room: str, identity: str) -> Ban | None:
         room, identity = canonical(room), canonical(identity)
+        if self.shared:
+            return self._read_one(room, identity)
         ends = self._bans.get((room, identity))
         if ends is None:
             return None
@@ -150,6 +166,8 @@ class SqliteBans(BanStore):
     async def list(self, room: str) -> list[Ban]:
         room = canonical(room)
         now = _now_ms()
+        if self.shared:
+            return [Ban(room, identity, ends) for identity, ends in self._read_room(room, now)]
         return sorted(
             (
                 Ban(r, identity, ends)
@@ -159,7 +177,32 @@ class SqliteBans(BanStore):
             key=lambda ban: ban.identity,
         )
 
+    # WORKERS: the file is the truth. Read on the event loop, as the dict is: a read in WAL
+    # mode waits for no writer, and a failed one is a 503, never a skipped ban.
+    def _read_one(self, room: str, identity: str) -> Ban | None:
+        assert self._reader is not None
+        try:
+            row = self._reader.execute(
+                "SELECT ends_at_ms FROM bans WHERE room = ? AND identity = ? AND ends_at_ms > ?",
+                (room, identity, _now_ms()),
+            ).fetchone()
+        except sqlite3.Error as error:
+            raise BansUnavailable(f"The ban list could not be read: {error}") from None
+        return None if row is None else Ban(room, identity, row[0])
+
+    def _read_room(self, room: str, now: int) -> builtins.list[tuple[str, int]]:
+        assert self._reader is not None
+        try:
+            return self._reader.execute(
+                "SELECT identity, ends_at_ms FROM bans WHERE room = ? AND ends_at_ms > ? ORDER BY identity",
+                (room, now),
+            ).fetchall()
+        except sqlite3.Error as error:
+            raise BansUnavailable(f"The ban list could not be read: {error}") from None
+
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         await asyncio.get_running_loop().run_in_executor(self._thread, self._db.close)
         self._thread.shutdown(wait=True)
 

@@ -6,7 +6,8 @@ reconciled with RoomService, which is the truth: webhooks get lost and arrive ou
 order (livekit/livekit#2399, #1130), and changes made through the API send none in
 some cases (#1501). Reconciled on start, every ROOMS_RECONCILE_SECONDS, and soon
 after a gap: the event log could not be read or skipped events, or an event names a
-room or participant the directory does not know.
+room or participant the directory does not know. With WORKERS, worker 0 reconciles
+and the others take its answers (rooms/shared.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ from ground.config import Config
 from ground.supervisor import Supervisor
 from rooms.livekit import LiveKitCalls, LiveKitUnavailable
 from rooms.shapes import JsonObject, parse_participant, parse_room, parse_track, participant_json, room_json
+from rooms.shared import LOOK_SECONDS, DirectoryShare
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,11 @@ class RoomDirectory:
         event_log: EventLog,
         livekit_api: LiveKitAPI | None,
         calls: LiveKitCalls | None = None,
+        share: DirectoryShare | None = None,
     ) -> None:
         self.config = config
         self.calls = calls or LiveKitCalls(config)
+        self.share = share  # WORKERS: one reconcile for all of them
         self.event_log = event_log
         self.livekit_api = livekit_api
         self.rooms: dict[str, DirectoryRoom] = {}
@@ -119,8 +123,14 @@ class RoomDirectory:
             return
         self._started = True
         self._cursor = await self._newest_cursor()
-        self.supervisor.start("the room directory's reconcile", self._reconcile_forever)
+        share = self.share
+        if share is not None and not share.leader:
+            self.supervisor.start("the room directory's listing", lambda: self._follow_leader(share))
+        else:
+            self.supervisor.start("the room directory's reconcile", self._reconcile_forever)
         self.supervisor.start("the room directory's event reader", self._follow_events)
+        if share is not None and share.leader:
+            self.supervisor.start("the room directory's requests", lambda: share.watch_requests(self))
 
     def health(self) -> JsonObject:
         """For /healthz: whether LiveKit answered the last reconcile and which tasks are
@@ -134,6 +144,12 @@ class RoomDirectory:
         await self.supervisor.stop()
 
     def request_reconcile(self, why: str) -> None:
+        if self.share and not self.share.leader:
+            if not self._reconcile_soon.is_set():
+                log.info("rooms: asking worker 0 to reconcile with RoomService: %s", why)
+                self._reconcile_soon.set()  # cleared by the next listing from worker 0
+                self.share.ask()
+            return
         if not self._reconcile_soon.is_set():
             log.info("rooms: reconciling with RoomService soon: %s", why)
             self._reconcile_soon.set()
@@ -290,7 +306,10 @@ class RoomDirectory:
     async def _reconcile_forever(self) -> None:
         while True:
             self._reconcile_soon.clear()
+            asked_at = self.share.asking() if self.share else 0.0
             reconciled = await self.reconcile()
+            if self.share:
+                self.share.publish(self.rooms, self.status, asked_at)
             await asyncio.sleep(MIN_RECONCILE_GAP)
             period = self.config.rooms_reconcile_seconds
             wait = period if reconciled else min(period, RETRY_SECONDS)
@@ -311,6 +330,13 @@ class RoomDirectory:
             return False
         finally:
             during, self._during_reconcile = self._during_reconcile or [], None
+        self._adopt(listing, during)
+        self._set_status(True, "")
+        self._tell_participants()
+        return True
+
+    def _adopt(self, listing: dict[str, DirectoryRoom], during: list[JsonObject]) -> None:
+        """RoomService's rooms, with the events applied while it was being asked on top."""
         before = {name: room.json() for name, room in self.rooms.items()}
         self.rooms = listing
         for event in during:
@@ -319,12 +345,43 @@ class RoomDirectory:
             room = self.rooms.get(name)
             if room is None or before.get(name) != room.json():
                 self._room_changed(name)
-        self._set_status(True, "")
+
+    def _tell_participants(self) -> None:
+        """Each participant a reconcile listed, to ban enforcement."""
         if self.on_participant is not None:
             for name, room in self.rooms.items():
                 for identity, participant in room.participants.items():
                     self.on_participant(name, identity, participant["sid"])
-        return True
+
+    async def _follow_leader(self, share: DirectoryShare) -> None:
+        """Not worker 0: each listing worker 0 writes is this worker's reconcile, with the
+        events this worker applied since worker 0 began asking on top. Events are kept
+        in one batch per look, as long as a reconcile may still need them."""
+        batches: deque[tuple[float, list[JsonObject]]] = deque()  # (closed at, events)
+        adopted_asked_at = 0.0
+        self._during_reconcile = []
+        while True:
+            now = time.time()
+            batches.append((now, self._during_reconcile))
+            self._during_reconcile = []
+            found = share.newest()
+            if found is not None:
+                rooms, status, asked_at = found
+                during = [event for closed, events in batches if closed >= asked_at for event in events]
+                batches.clear()
+                adopted_asked_at = asked_at
+                self._adopt(
+                    {name: DirectoryRoom(info, people) for name, (info, people) in rooms.items()}, during
+                )
+                self._set_status(status["ok"], status["error"])
+                self.status["reconciledAt"] = status["reconciledAt"]
+                self._reconcile_soon.clear()
+            else:  # nothing older than a reconcile in progress, or than the last looks
+                asking = share.asking_since()
+                keep_from = (asking if asking > adopted_asked_at else now) - 2 * LOOK_SECONDS
+                while batches and batches[0][0] < keep_from:
+                    batches.popleft()
+            await asyncio.sleep(LOOK_SECONDS)
 
     async def _list_everything(self, client: LiveKitAPI) -> dict[str, DirectoryRoom]:
         rooms = (await self.calls.ask(client.room.list_rooms(ListRoomsRequest()), "directory")).rooms

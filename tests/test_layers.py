@@ -13,7 +13,18 @@ import pytest
 from ground.config import PROJECT_DIR
 
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
-APP = ["ground", "eventlog", "extensions", "rooms", "handlers", "dev", "bench", "server.py", "pyproject.toml"]
+APP = [
+    "ground",
+    "eventlog",
+    "extensions",
+    "rooms",
+    "handlers",
+    "dev",
+    "bench",
+    "server.py",
+    "workers.py",
+    "pyproject.toml",
+]
 
 
 def lint_imports(where: Path) -> subprocess.CompletedProcess[str]:
@@ -50,6 +61,7 @@ def test_the_tree_keeps_the_layers() -> None:
         ),
         ("extensions/app.py", "import rooms.livekit", "extensions is not allowed to import rooms"),
         ("handlers/token.py", "import server", "handlers is not allowed to import server"),
+        ("handlers/pages.py", "import workers", "handlers is not allowed to import workers"),
     ],
 )
 def test_an_upward_import_fails_the_lint(tmp_path: Path, module: str, upward: str, broken: str) -> None:

@@ -265,6 +265,31 @@ def test_rate_limiter_buckets_by_address_family() -> None:
     assert limiter.retry_after("2001:db8:0:1::1") == 0
 
 
+def test_shared_rate_limiters_keep_one_bucket_per_client(tmp_path: Any) -> None:
+    """WORKERS: each worker maps the same table; a client's takes add up across them,
+    and a table whose slots are all taken reuses the least recent client's."""
+    from handlers.support import ratelimit
+
+    first, second = (ratelimit.SharedRateLimiter(3, str(tmp_path)) for _ in range(2))
+    assert [limiter.retry_after("203.0.113.9") for limiter in (first, second, first)] == [0, 0, 0]
+    assert second.retry_after("203.0.113.9") == first.retry_after("203.0.113.9") == 20  # 1 token: 20 s
+    assert second.retry_after("2001:db8:1:2::1") == 0 and first.retry_after("2001:db8:1:2::ff") == 0
+
+
+def test_a_full_shared_table_forgets_the_least_recent_client(tmp_path: Any, monkeypatch: Any) -> None:
+    from handlers.support import ratelimit
+
+    monkeypatch.setattr(ratelimit, "SLOTS", 8)  # as many slots as a client's probes: one crowd
+    limiter = ratelimit.SharedRateLimiter(3, str(tmp_path))
+    drained = [limiter.retry_after("10.0.0.1") for _ in range(4)]  # the least recent, once the rest come
+    for n in range(2, 8):
+        limiter.retry_after(f"10.0.0.{n}")
+    assert drained[-1] > 0 and [limiter.retry_after("10.0.0.8") for _ in range(4)][-1] > 0
+    assert limiter.retry_after("10.0.0.9") == 0  # a ninth client: 10.0.0.1's slot is taken
+    assert limiter.retry_after("10.0.0.8") > 0  # still refused: it was not the least recent
+    assert limiter.retry_after("10.0.0.1") == 0  # forgotten, so a full bucket again
+
+
 def test_client_input_cannot_split_or_forge_log_lines(server_process: Any) -> None:
     import re
     import urllib.error

@@ -74,6 +74,7 @@ class Metrics:
 
     def __init__(self, socket_count: Callable[[], int], event_handlers: Any = None) -> None:
         self.registry = CollectorRegistry()
+        self.exposed = self.registry  # what /metrics answers (WORKERS: every worker's, summed)
         self.token_requests = Counter(
             "livekit_app_token_requests",
             "POST /token answers, by request shape (openvidu, standard, or unknown when "

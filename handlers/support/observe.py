@@ -4,7 +4,9 @@ that feed /metrics (handlers/support/metrics.py), which do nothing when metrics 
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import secrets
 import time
@@ -85,6 +87,26 @@ class _RedactingJsonFormatter(JsonFormatter):
         return self.redact(super().format(record))
 
 
+class _RequestIds:
+    """32 hex digits: a random prefix per process, then a counter. Unique and cheap (an id
+    from the OS's random source for every request cost more than the rest of the id
+    work); the prefix is drawn again in a forked worker."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count(secrets.randbits(32))
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_request_ids = _RequestIds()
+
+
 class RequestIdTransform(tornado.web.OutputTransform):
     """Gives every request a new id, sent back in X-Request-Id on every answer (errors,
     pages, static files and WebSocket upgrades too: Tornado runs each answer's first
@@ -95,7 +117,7 @@ class RequestIdTransform(tornado.web.OutputTransform):
         request.request_id = self.request_id  # type: ignore[attr-defined]
 
     def choose_id(self, request: tornado.httputil.HTTPServerRequest) -> str:
-        return secrets.token_hex(16)
+        return _request_ids.next()
 
     def transform_first_chunk(
         self, status_code: int, headers: tornado.httputil.HTTPHeaders, chunk: bytes, finishing: bool
@@ -111,6 +133,21 @@ class TrustedRequestIdTransform(RequestIdTransform):
     def choose_id(self, request: tornado.httputil.HTTPServerRequest) -> str:
         given = request.headers.get("X-Request-Id", "")
         return given if _VALID_REQUEST_ID.fullmatch(given) else super().choose_id(request)
+
+
+def worker_id_transform(worker: int) -> type[tornado.web.OutputTransform]:
+    """WORKERS > 1: every answer says which worker gave it (X-Worker-Id), so a client (or a
+    test) can tell two connections on different workers apart."""
+    value = str(worker)
+
+    class WorkerIdTransform(tornado.web.OutputTransform):
+        def transform_first_chunk(
+            self, status_code: int, headers: tornado.httputil.HTTPHeaders, chunk: bytes, finishing: bool
+        ) -> tuple[int, tornado.httputil.HTTPHeaders, bytes]:
+            headers["X-Worker-Id"] = value
+            return status_code, headers, chunk
+
+    return WorkerIdTransform
 
 
 def request_id_transform(config: Config) -> type[RequestIdTransform]:

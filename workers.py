@@ -1,0 +1,140 @@
+"""WORKERS=N: pre-forked worker processes sharing the listening sockets, and the one
+supervisor that starts them, replaces one that dies, and stops them all on a signal.
+
+The parent binds the port, then forks worker 0 and waits until it serves (so a store
+that cannot be opened is one line and one exit code, not N), then the others. It never
+runs an event loop: it only waits for children and signals. Whatever a worker knows
+that another must (events, bans, limits) goes through the store, never through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("server")
+
+# A worker that dies this soon after it started is not restarted at once: a crash loop
+# (say, a full disk) would otherwise fork as fast as it can.
+RESTART_DELAY_SECONDS = 1.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Waiting for a worker to say it serves: beyond this, start-up has failed.
+READY_SECONDS = 60.0
+
+# `serve(worker, ready)`: runs one worker to its end and returns its exit code; calls
+# `ready()` once it accepts connections.
+Serve = Callable[[int, Callable[[], None]], int]
+
+
+class Supervisor:
+    def __init__(self, count: int, serve: Serve, about: str = "") -> None:
+        self.count = count
+        self.serve = serve
+        self.about = about  # said when they all serve
+        self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker id, started at)
+        self.stopping = ""
+
+    def run(self) -> int:
+        """Serve with `count` workers until a stop signal; the exit code for the process."""
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        for signum in STOP_SIGNALS:
+            if previous[signum] != signal.SIG_IGN:
+                signal.signal(signum, self._stop)
+        try:
+            for worker in range(self.count):
+                code = self._start(worker, wait_ready=True)
+                if code is not None:  # it could not start: neither can the others
+                    self._stop_all()
+                    return code
+            log.info(
+                "Serving with %d workers (WORKERS%s)", self.count, f"; {self.about}" if self.about else ""
+            )
+            return self._watch()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _start(self, worker: int, wait_ready: bool) -> int | None:
+        """Fork worker `worker`; with `wait_ready`, its exit code if it ends before serving."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.close(read_end)
+            for signum in STOP_SIGNALS:
+                if signal.getsignal(signum) != signal.SIG_IGN:
+                    signal.signal(signum, signal.SIG_DFL)
+            code = 1
+            try:
+                code = self.serve(worker, lambda: _say_ready(write_end))
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            except BaseException:
+                log.exception("worker %d failed", worker)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(write_end)
+        self.children[pid] = (worker, time.monotonic())
+        try:
+            if not wait_ready:
+                return None
+            readable, _, _ = select.select([read_end], [], [], READY_SECONDS)
+            if readable and os.read(read_end, 1) == b"r":
+                return None
+            # Closed without a word: it ended (or hangs); its own line says why.
+            return self._reap(pid)
+        finally:
+            os.close(read_end)
+
+    def _reap(self, pid: int) -> int:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return 1
+        self.children.pop(pid, None)
+        return os.waitstatus_to_exitcode(status) or 1
+
+    def _watch(self) -> int:
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            worker, started = self.children.pop(pid, (-1, 0.0))
+            if self.stopping or worker < 0:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            log.error("worker %d (pid %d) %s; starting another", worker, pid, how)
+            if time.monotonic() - started < RESTART_DELAY_SECONDS:
+                time.sleep(RESTART_DELAY_SECONDS)
+            if not self.stopping:
+                self._start(worker, wait_ready=False)
+        return 0
+
+    def _stop(self, signum: int, frame: object) -> None:
+        if not self.stopping:
+            self.stopping = signal.Signals(signum).name
+            log.info("Shutting down %d workers (%s)", len(self.children), self.stopping)
+        self._stop_all()
+
+    def _stop_all(self) -> None:
+        # Each worker drains as one server does on SIGTERM (server.shutdown).
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        if not self.stopping:  # a failed start: wait for the ones already started
+            self.stopping = "start-up failed"
+            while self.children:
+                self._reap(next(iter(self.children)))
+
+
+def _say_ready(write_end: int) -> None:
+    with contextlib.suppress(OSError):  # a replacement worker: the parent is not listening
+        os.write(write_end, b"r")
+    os.close(write_end)
