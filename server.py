@@ -171,19 +171,19 @@ async def start_app(app: tornado.web.Application) -> None:
 async def main(config: Config, extensions: Extensions | None = None) -> None:
     sockets = listen(config)
     livekit_api = open_rooms_livekit_api(config)
+    app: tornado.web.Application | None = None
     try:
         app = make_app(config, open_event_log(config), livekit_api, extensions or Extensions())
         event_log: EventLog = app.settings["event_log"]
         await start_app(app)
-    except ConfigError:
+    except (ConfigError, sqlite3.Error, OSError) as error:
         for sock in sockets:
             sock.close()
         await livekit_api.aclose()
-        raise
-    except (sqlite3.Error, OSError) as error:
-        for sock in sockets:
-            sock.close()
-        await livekit_api.aclose()
+        if app is not None:  # the extensions' client, opened by start_app before their setups
+            await app.settings["app_context"].shared_api.aclose()
+        if isinstance(error, ConfigError):
+            raise
         raise StartupError(
             f"the event store {config.events_db} cannot be opened for writing ({error}): "
             "set EVENTS_DB to a writable SQLite file, or move this file away if it is not one"
