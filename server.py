@@ -38,7 +38,7 @@ from handlers.support.metrics import Metrics
 from handlers.support.observe import setup_logging
 from handlers.support.token_rules import BUILT_IN
 from rooms import Rooms
-from rooms.livekit import open_livekit_api, open_rooms_livekit_api
+from rooms.livekit import open_extensions_livekit_api, open_rooms_livekit_api
 
 log = logging.getLogger("server")
 
@@ -69,7 +69,7 @@ def make_app(
     broadcaster = Broadcaster()  # the one owner of the event sockets; the store tells it what is new
     event_log.add_listener(broadcaster)
     # Extensions get a client of their own (its own pool): their calls and ours never wait for each other.
-    app_context = AppContext(config, event_log, SharedLiveKitAPI(lambda: open_livekit_api(config)))
+    app_context = AppContext(config, event_log, SharedLiveKitAPI(lambda: open_extensions_livekit_api(config)))
     runner = (
         EventHandlerRunner(list(extensions.event_handlers), open_feed(config, event_log), app_context)
         if extensions.event_handlers
