@@ -65,7 +65,7 @@ class HealthHandler(Handler):
         event_log: EventLog,
         broadcaster: Broadcaster,
         event_handlers: EventHandlerRunner | None,
-        directory: RoomDirectory | None,
+        directory: RoomDirectory,
     ) -> None:
         self.event_log = event_log
         self.broadcaster = broadcaster
@@ -82,13 +82,12 @@ class HealthHandler(Handler):
         }
         if self.event_handlers:  # parked events are counted, not a failure
             health["eventHandlers"] = self.event_handlers.health()
-        if self.directory is not None:
-            # LiveKit unreachable is reported, not a failure of this server (tokens still work);
-            # a background task that is down makes it "degraded" (still 200: see the docs).
-            rooms = self.directory.health()
-            health["rooms"] = rooms
-            if rooms["down"] and store["ok"]:
-                health["status"] = "degraded"
+        # LiveKit unreachable is reported, not a failure of this server (tokens still work);
+        # a background task that is down makes it "degraded" (still 200: see the docs).
+        rooms = self.directory.health()
+        health["rooms"] = rooms
+        if rooms["down"] and store["ok"]:
+            health["status"] = "degraded"
         self.write_json(health, status=status)
 
     head = get  # load balancers check with HEAD
@@ -114,7 +113,7 @@ def routes(
     event_log: EventLog,
     broadcaster: Broadcaster,
     event_handlers: EventHandlerRunner | None,
-    directory: RoomDirectory | None = None,
+    directory: RoomDirectory,
 ) -> list[Route]:
     """The demo page, health, and the npm packages the page loads from this origin."""
     vendor = PROJECT_DIR / "node_modules"
