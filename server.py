@@ -90,7 +90,7 @@ def make_app(
         *webhook.routes(config, event_log),
         *pages.routes(event_log, broadcaster, runner, rooms.directory),
         *events.routes(event_log, broadcaster),
-        *rooms_handlers.routes(rooms, livekit_api, event_log),
+        *rooms_handlers.routes(rooms, event_log),
         *metrics_routes(config, metrics),
         (r"/openapi\.json", OpenApiHandler, {"document": OPENAPI_FILE.read_bytes()}),
     ]

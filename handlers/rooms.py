@@ -77,14 +77,13 @@ class AdminHandler(Handler):
     def body(self) -> dict[str, Any]:
         return self.json_object() if self.request.body else {}
 
-    def initialize(self, rooms: Rooms, livekit_api: LiveKitAPI | None, event_log: EventLog) -> None:
+    def initialize(self, rooms: Rooms, event_log: EventLog) -> None:
         self.rooms = rooms
-        self.livekit_api = livekit_api
         self.event_log = event_log
 
     @property
     def livekit(self) -> LiveKitAPI:
-        client = self.livekit_api
+        client = self.rooms.livekit_api
         if client is None:
             raise ApiError(503, "This server has no LiveKit API client (make_app was given none)")
         return client
@@ -381,9 +380,10 @@ class RoomsSocketHandler(EveryOriginChecked, JsonErrors, tornado.websocket.WebSo
         self.directory.unsubscribe(self)
 
 
-def routes(rooms: Rooms, livekit_api: LiveKitAPI | None, event_log: EventLog) -> list[Route]:
-    """The admin API and WS /live/rooms. `livekit_api`: None answers 503 (make_app was given none)."""
-    parts = {"rooms": rooms, "livekit_api": livekit_api, "event_log": event_log}
+def routes(rooms: Rooms, event_log: EventLog) -> list[Route]:
+    """The admin API and WS /live/rooms. Without a LiveKit API client (make_app was given
+    none) the admin API answers 503."""
+    parts = {"rooms": rooms, "event_log": event_log}
     return [
         (r"/rooms/?", RoomsHandler, parts),
         (r"/live/rooms", RoomsSocketHandler, {"rooms": rooms}),
