@@ -100,7 +100,6 @@ def make_app(
         routes,
         event_log=event_log,
         broadcaster=broadcaster,
-        livekit_api=livekit_api,
         rooms=rooms,
         extensions=extensions,
         app_context=app_context,
@@ -305,8 +304,8 @@ async def stop_app(app: tornado.web.Application) -> None:
     await rooms.close()
     app_context: AppContext = app.settings["app_context"]
     await app_context.shared_api.aclose()
-    if app.settings["livekit_api"] is not None:
-        await app.settings["livekit_api"].aclose()
+    if rooms.livekit_api is not None:
+        await rooms.livekit_api.aclose()
 
 
 if __name__ == "__main__":
