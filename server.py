@@ -44,7 +44,7 @@ from handlers.support.observe import setup_logging
 from handlers.support.token_rules import BUILT_IN
 from handlers.support.worker_figures import WorkerFigures
 from rooms import Rooms
-from rooms.livekit import open_livekit_api, open_rooms_livekit_api
+from rooms.livekit import open_extensions_livekit_api, open_rooms_livekit_api
 from workers import Supervisor
 
 log = logging.getLogger("server")
@@ -81,7 +81,7 @@ def make_app(
     broadcaster = Broadcaster()  # the one owner of the event sockets; the store tells it what is new
     event_log.add_listener(broadcaster)
     # Extensions get a client of their own (its own pool): their calls and ours never wait for each other.
-    app_context = AppContext(config, event_log, SharedLiveKitAPI(lambda: open_livekit_api(config)))
+    app_context = AppContext(config, event_log, SharedLiveKitAPI(lambda: open_extensions_livekit_api(config)))
     # Event handlers run once per event: in worker 0 only (restarted if it dies).
     runner = (
         EventHandlerRunner(list(extensions.event_handlers), open_feed(config, event_log), app_context)
@@ -112,7 +112,7 @@ def make_app(
         *webhook.routes(config, event_log),
         *pages.routes(event_log, broadcaster, runner, rooms.directory, worker, figures),
         *events.routes(event_log, broadcaster),
-        *rooms_handlers.routes(rooms, livekit_api, event_log),
+        *rooms_handlers.routes(rooms, event_log),
         *metrics_routes(config, metrics),
         (r"/openapi\.json", OpenApiHandler, {"document": OPENAPI_FILE.read_bytes()}),
     ]
@@ -123,7 +123,6 @@ def make_app(
         worker,
         event_log=event_log,
         broadcaster=broadcaster,
-        livekit_api=livekit_api,
         rooms=rooms,
         extensions=extensions,
         app_context=app_context,
@@ -238,20 +237,20 @@ async def start_app(app: tornado.web.Application) -> None:
 async def main(config: Config, extensions: Extensions | None = None, worker: Worker | None = None) -> None:
     sockets = worker.sockets if worker else listen(config)
     livekit_api = open_rooms_livekit_api(config)
+    app: tornado.web.Application | None = None
     try:
         event_log = open_event_log(config, worker.shared_dir if worker else None)
         number, shared_dir = (worker.number, worker.shared_dir) if worker else (None, None)
         app = make_app(config, event_log, livekit_api, extensions or Extensions(), number, shared_dir)
         await start_app(app)
-    except ConfigError:
+    except (ConfigError, sqlite3.Error, OSError) as error:
         for sock in sockets:
             sock.close()
         await livekit_api.aclose()
-        raise
-    except (sqlite3.Error, OSError) as error:
-        for sock in sockets:
-            sock.close()
-        await livekit_api.aclose()
+        if app is not None:  # the extensions' client, opened by start_app before their setups
+            await app.settings["app_context"].shared_api.aclose()
+        if isinstance(error, ConfigError):
+            raise
         raise StartupError(
             f"the event store {config.events_db} cannot be opened for writing ({error}): "
             "set EVENTS_DB to a writable SQLite file, or move this file away if it is not one"
@@ -384,8 +383,8 @@ async def stop_app(app: tornado.web.Application) -> None:
     await rooms.close()
     app_context: AppContext = app.settings["app_context"]
     await app_context.shared_api.aclose()
-    if app.settings["livekit_api"] is not None:
-        await app.settings["livekit_api"].aclose()
+    if rooms.livekit_api is not None:
+        await rooms.livekit_api.aclose()
     figures: WorkerFigures | None = app.settings["worker_figures"]
     if figures:
         figures.stop()  # last, with every request counted

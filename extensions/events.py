@@ -34,15 +34,14 @@ from ground.config import Config
 from ground.logsafe import printable, quoted
 
 log = logging.getLogger("extensions.events")
-COUNT_SECONDS = 2.0  # how often the parked counts are read from the store again
+
+BATCH = 100
+MAX_BACKOFF_SECONDS = 60.0
+COUNT_SECONDS = 2.0  # how often the parked counts are read from the store again (both stores)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-BATCH = 100
-MAX_BACKOFF_SECONDS = 60.0
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ log = logging.getLogger("extensions.events")
 PARKED_PREFIX = "livekit:events:parked:"
 RETRY_PREFIX = "livekit:events:retry:"
 BLOCK_MS = 1_000
-COUNT_REFRESH_SECONDS = 2.0
 
 # KEYS: parked stream, retry stream. ARGV: parked entry id. Moves one entry, atomically.
 _MOVE = """
@@ -60,7 +59,6 @@ class RedisFeed:
         self._own_pending: dict[str, bool] = {}
         self._next_claim: dict[str, float] = {}
         self._parked_counts: dict[str, int] = {}
-        self._counted_at = 0.0
         self.skipped = 0
         self.claimed = 0
 
@@ -70,7 +68,7 @@ class RedisFeed:
             self._own_pending[handler] = True
             self._next_claim[handler] = 0.0
             self._parked_counts[handler] = 0
-        await self._count_parked()
+        await self.count_parked()
 
     async def _create_groups(self, handler: str) -> None:
         # A new group starts after the newest event; its retry stream from the start.
@@ -94,8 +92,6 @@ class RedisFeed:
 
     async def _next(self, handler: str, limit: int) -> list[Delivery]:
         streams = (STREAM_KEY, RETRY_PREFIX + handler)
-        if time.monotonic() - self._counted_at > COUNT_REFRESH_SECONDS:
-            await self._count_parked()
         if self._own_pending[handler]:
             # Ours from before a restart or an error: they come first, in order.
             answer: Any = await self._redis.xreadgroup(
@@ -209,10 +205,6 @@ class RedisFeed:
         return sorted(known)
 
     async def count_parked(self) -> None:
-        await self._count_parked()
-
-    async def _count_parked(self) -> None:
-        self._counted_at = time.monotonic()
         for handler in self._parked_counts:
             self._parked_counts[handler] = int(await self._redis.xlen(PARKED_PREFIX + handler))
 

@@ -92,12 +92,7 @@ class SqliteFeed:
         for handler in handlers:
             self._position[handler] = await self._run(self._checkpoint, handler, end)
             self._wakeups[handler] = asyncio.Event()
-        rows = await self._run(
-            lambda: self.db.execute(
-                "SELECT handler, count(*) FROM handler_parked GROUP BY handler"
-            ).fetchall()
-        )
-        self._parked_counts = {handler: 0 for handler in handlers} | dict(rows)
+        await self.count_parked()
 
     async def count_parked(self) -> None:
         rows = await self._run(

@@ -27,11 +27,13 @@ def quoted(value: str) -> str:
 
 
 # Credentials in text a client or a library put in a log line: `Bearer <anything>`,
-# `Authorization: <anything>` and query parameters named like secrets.
+# `Authorization: <anything>` and query parameters named like secrets. A backslash is
+# taken with the character after it: half of a JSON escape (`\"`) left behind would end
+# the JSON line's string early.
 _CREDENTIALS = re.compile(
     r"(?P<keep>\b(?:Bearer|Basic)\s+|\bAuthorization\s*[:=]\s*['\"]?"
     r"|[?&;](?:[\w.-]*(?:secret|token|password|passwd|api_?key|access_key|auth)[\w.-]*)=)"
-    r"(?!\[redacted\])[^\s'\"&;,)}\]]+",
+    r"(?!\[redacted\])(?:\\.|[^\s'\"\\&;,)}\]])+",
     re.IGNORECASE,
 )
 REDACTED = "[redacted]"

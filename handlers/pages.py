@@ -66,7 +66,7 @@ class HealthHandler(Handler):
         event_log: EventLog,
         broadcaster: Broadcaster,
         event_handlers: EventHandlerRunner | None,
-        directory: RoomDirectory | None,
+        directory: RoomDirectory,
         worker: int | None,
         figures: WorkerFigures | None,
     ) -> None:
@@ -87,13 +87,12 @@ class HealthHandler(Handler):
         }
         if self.event_handlers:  # parked events are counted, not a failure
             health["eventHandlers"] = self.event_handlers.health()
-        if self.directory is not None:
-            # LiveKit unreachable is reported, not a failure of this server (tokens still work);
-            # a background task that is down makes it "degraded" (still 200: see the docs).
-            rooms = self.directory.health()
-            health["rooms"] = rooms
-            if rooms["down"] and store["ok"]:
-                health["status"] = "degraded"
+        # LiveKit unreachable is reported, not a failure of this server (tokens still work);
+        # a background task that is down makes it "degraded" (still 200: see the docs).
+        rooms = self.directory.health()
+        health["rooms"] = rooms
+        if rooms["down"] and store["ok"]:
+            health["status"] = "degraded"
         if self.figures:  # WORKERS: the whole server's sockets and event handlers (worker 0's)
             everyone = self.figures.everyone_alive()
             health["sockets"] = sum(figures["sockets"] for figures in everyone)
@@ -128,7 +127,7 @@ def routes(
     event_log: EventLog,
     broadcaster: Broadcaster,
     event_handlers: EventHandlerRunner | None,
-    directory: RoomDirectory | None = None,
+    directory: RoomDirectory,
     worker: int | None = None,
     figures: WorkerFigures | None = None,
 ) -> list[Route]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from typing import Any
 
@@ -40,7 +39,7 @@ from handlers.support.origins import EveryOriginChecked, same_origin
 from rooms import Rooms
 from rooms.bans import MAX_BAN_SECONDS, BansUnavailable
 from rooms.names import nfc
-from rooms.shapes import JsonObject, participant_json, room_json, track_json
+from rooms.shapes import JsonObject, admin_event, participant_json, room_json, track_json
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +77,13 @@ class AdminHandler(Handler):
     def body(self) -> dict[str, Any]:
         return self.json_object() if self.request.body else {}
 
-    def initialize(self, rooms: Rooms, livekit_api: LiveKitAPI | None, event_log: EventLog) -> None:
+    def initialize(self, rooms: Rooms, event_log: EventLog) -> None:
         self.rooms = rooms
-        self.livekit_api = livekit_api
         self.event_log = event_log
 
     @property
     def livekit(self) -> LiveKitAPI:
-        client = self.livekit_api
+        client = self.rooms.livekit_api
         if client is None:
             raise ApiError(503, "This server has no LiveKit API client (make_app was given none)")
         return client
@@ -100,19 +98,11 @@ class AdminHandler(Handler):
         )
 
     async def record(self, action: str, room: str, details: JsonObject, **parts: Any) -> None:
-        """Append `admin.<action>` to the event log, shaped like LiveKit's events (room,
-        participant, track in LiveKit's field names) plus `admin`: who, from where, what."""
-        now = time.time()
-        event: JsonObject = {
-            "event": f"admin.{action}",
-            "id": f"AD_{secrets.token_hex(8)}",
-            "createdAt": str(int(now)),
-            "room": {"name": room},
-            **parts,
-            "admin": {"by": self.caller, "from": self.request.remote_ip, **details},
-        }
+        """Append `admin.<action>` (rooms/shapes.py's admin_event) to the event log."""
+        admin = {"by": self.caller, "from": self.request.remote_ip, **details}
+        event = admin_event(action, room, admin, **parts)
         try:
-            record = self.event_log.append(event["id"], int(now * 1000), orjson.dumps(event).decode())
+            record = self.event_log.append(event["id"], int(time.time() * 1000), orjson.dumps(event).decode())
             await timed_store(self, "append", record)  # timed like a webhook's append
         except StoreUnavailable as error:
             # The action happened and is answered as done; the record of it is what failed.
@@ -390,9 +380,10 @@ class RoomsSocketHandler(EveryOriginChecked, JsonErrors, tornado.websocket.WebSo
         self.directory.unsubscribe(self)
 
 
-def routes(rooms: Rooms, livekit_api: LiveKitAPI | None, event_log: EventLog) -> list[Route]:
-    """The admin API and WS /live/rooms. `livekit_api`: None answers 503 (make_app was given none)."""
-    parts = {"rooms": rooms, "livekit_api": livekit_api, "event_log": event_log}
+def routes(rooms: Rooms, event_log: EventLog) -> list[Route]:
+    """The admin API and WS /live/rooms. Without a LiveKit API client (make_app was given
+    none) the admin API answers 503."""
+    parts = {"rooms": rooms, "event_log": event_log}
     return [
         (r"/rooms/?", RoomsHandler, parts),
         (r"/live/rooms", RoomsSocketHandler, {"rooms": rooms}),

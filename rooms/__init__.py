@@ -18,8 +18,9 @@ __all__ = ["Rooms"]
 
 
 class Rooms:
-    """What the rooms features share, built by make_app and kept in its settings
-    (`rooms`); the LiveKitAPI client itself is `livekit_api` there, for every handler."""
+    """What the rooms features share, built by make_app: the server's own LiveKitAPI
+    client (`livekit_api`, None when make_app was given none), bans, admission, the room
+    directory and ban enforcement."""
 
     def __init__(
         self,

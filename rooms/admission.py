@@ -27,12 +27,12 @@ class Admission:
         config: Config,
         bans: BanStore,
         livekit_api: LiveKitAPI | None,
-        calls: LiveKitCalls | None = None,
+        calls: LiveKitCalls,
     ) -> None:
         self.config = config
         self.bans = bans
         self.livekit_api = livekit_api
-        self.calls = calls or LiveKitCalls(config)
+        self.calls = calls
 
     async def admit(self, room: str, identity: str, name: str) -> tuple[str, str]:
         """The identity and display name to put in the token, or ApiError: 403 for a

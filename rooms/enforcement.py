@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
-from typing import Any
 
 import orjson
 from livekit.api import LiveKitAPI
@@ -18,6 +16,7 @@ from livekit.protocol.room import RoomParticipantIdentity
 from eventlog import EventLog, StoreUnavailable
 from rooms.bans import BanStore, BansUnavailable
 from rooms.livekit import LiveKitCalls, LiveKitUnavailable
+from rooms.shapes import admin_event
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +71,11 @@ class BanEnforcer:
         log.warning(
             "rooms: removed banned %r from room %r again (a token from before the ban)", identity, room
         )
-        now = time.time()
-        event_id = f"AD_{secrets.token_hex(8)}"
-        event: dict[str, Any] = {
-            "event": "admin.participant_removed",
-            "id": event_id,
-            "createdAt": str(int(now)),
-            "room": {"name": room},
-            "participant": {"identity": identity, "sid": sid},
-            "admin": {"by": "ban", "from": "this server", "ban": ban.json(), "reason": "banned"},
-        }
+        admin = {"by": "ban", "from": "this server", "ban": ban.json(), "reason": "banned"}
+        who = {"identity": identity, "sid": sid}
+        event = admin_event("participant_removed", room, admin, participant=who)
         try:
-            await self.event_log.append(event_id, int(now * 1000), orjson.dumps(event).decode())
+            await self.event_log.append(event["id"], int(time.time() * 1000), orjson.dumps(event).decode())
         except StoreUnavailable as error:
             log.error("admin.participant_removed of banned %r could not be written: %s", identity, error)
 

@@ -70,15 +70,18 @@ class ServerLiveKitAPI(LiveKitAPI):
         await self._own_session.close()
 
 
-def open_livekit_api(config: Config, pool: int = EXTENSIONS_POOL) -> LiveKitAPI:
-    """Created at start-up, on the running event loop (aiohttp needs it), and closed at
-    shutdown (`await client.aclose()`)."""
-    return ServerLiveKitAPI(config, pool)
+# Each is created on the running event loop (aiohttp needs it) and closed at shutdown
+# (`await client.aclose()`).
 
 
 def open_rooms_livekit_api(config: Config) -> LiveKitAPI:
     """The server's own client (admin API, identity conflicts, room directory)."""
     return ServerLiveKitAPI(config, sum(PURPOSE_SLOTS.values()))
+
+
+def open_extensions_livekit_api(config: Config) -> LiveKitAPI:
+    """The extensions' client (AppContext.livekit_api), its pool apart from the server's."""
+    return ServerLiveKitAPI(config, EXTENSIONS_POOL)
 
 
 class LiveKitUnavailable(Exception):

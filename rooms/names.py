@@ -6,7 +6,7 @@ key bans and IDENTITY_CONFLICT compare: NFKC (compatibility forms such as fullwi
 letters (U+FF42...) or ligatures (U+FB01) fold to plain letters) with every default-ignorable code
 point removed (zero-width joiner and non-joiner, soft hyphen, variation selectors,
 bidi marks...), which render as nothing. It does not fold letter case (`Bob` and `bob`
-look different) nor cross-script homoglyphs (a Cyrillic o, U+043E, in bob): see the README.
+look different) nor cross-script homoglyphs (a Cyrillic o, U+043E, in bob): see docs/api.md, Bans.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Credentials LiveKit puts in a room (`turnPassword`) never appear."""
 
 from __future__ import annotations
 
+import secrets
+import time
 from typing import Any
 
 from google.protobuf.json_format import ParseDict, ParseError
@@ -42,6 +44,19 @@ def participant_json(participant: ParticipantInfo) -> JsonObject:
         "permission": permission_json(participant.permission),
         "isPublisher": participant.is_publisher,
         "tracks": [track_json(track) for track in participant.tracks],
+    }
+
+
+def admin_event(action: str, room: str, admin: JsonObject, **parts: Any) -> JsonObject:
+    """This server's own event `admin.<action>`, shaped like LiveKit's (room, participant,
+    track in LiveKit's field names) plus `admin`: who, from where, what."""
+    return {
+        "event": f"admin.{action}",
+        "id": f"AD_{secrets.token_hex(8)}",
+        "createdAt": str(int(time.time())),
+        "room": {"name": room},
+        **parts,
+        "admin": admin,
     }
 
 

@@ -28,6 +28,7 @@ def admin(
     body: Any = None,
     secret: str | None = SECRET,
     headers: dict[str, str] | None = None,
+    timeout: float = 20,
 ) -> tuple[int, Any, dict[str, str]]:
     """(status, parsed JSON answer, headers) of one admin API call."""
     sent = {"Authorization": f"Bearer {secret}"} if secret else {}
@@ -38,7 +39,7 @@ def admin(
     sent.update(headers or {})
     request = urllib.request.Request(base_url + path, data=data, method=method, headers=sent)
     try:
-        with urllib.request.urlopen(request, timeout=20) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read()), dict(response.headers)
     except urllib.error.HTTPError as error:
         with error:

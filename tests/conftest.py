@@ -11,7 +11,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -248,6 +248,22 @@ def server_process(tmp_path: Path) -> Any:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """This server in a subprocess; `preexec` runs in the child first (e.g. a lower limit)."""
+    started: list[ServerProcess] = []
+
+    def start(preexec: Callable[[], None] | None = None, **env: str) -> ServerProcess:
+        server = ServerProcess(tmp_path, **{"LOG_LEVEL": "INFO", **env})
+        server.preexec_fn = preexec
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

@@ -7,30 +7,9 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.processes import ServerProcess
 from tests.test_http import FILE_LIMIT, low_file_limit
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    started: list[ServerProcess] = []
-
-    def start(preexec: Callable[[], None] | None = None, **env: str) -> ServerProcess:
-        server = ServerProcess(tmp_path, **{"LOG_LEVEL": "INFO", **env})
-        server.preexec_fn = preexec
-        started.append(server)
-        return server.start()
-
-    yield start
-    for server in started:
-        server.stop()
-
 
 HALF_A_HEADER = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
 

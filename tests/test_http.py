@@ -11,32 +11,14 @@ import resource
 import socket
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import post_webhook, webhook_event
-from tests.processes import ServerProcess
 
 TOKEN_BODY = b'{"roomName":"R","participantName":"alice"}'
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """This server in a subprocess; `preexec` runs in the child first (e.g. a lower limit)."""
-    started: list[ServerProcess] = []
-
-    def start(preexec: Callable[[], None] | None = None, **env: str) -> ServerProcess:
-        server = ServerProcess(tmp_path, **{"LOG_LEVEL": "INFO", **env})
-        server.preexec_fn = preexec
-        started.append(server)
-        return server.start()
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def rss_mib(pid: int) -> float:

@@ -45,13 +45,8 @@ def start_app(server_process: Any, double: LiveKitDouble, **env: str) -> Any:
 
 def timed_admin(base_url: str, path: str) -> tuple[int, Any, float]:
     started = time.monotonic()
-    request = urllib.request.Request(base_url + path, headers={"Authorization": f"Bearer {SECRET}"})
-    try:
-        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT) as response:
-            return response.status, json.loads(response.read()), time.monotonic() - started
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read()), time.monotonic() - started
+    status, answer, _ = admin(base_url, "GET", path, timeout=CLIENT_TIMEOUT)
+    return status, answer, time.monotonic() - started
 
 
 def token_status(base_url: str, identity: str) -> tuple[int, float]:

@@ -4,6 +4,7 @@ for every secret (both LOG_FORMAT values)."""
 
 from __future__ import annotations
 
+import json
 import socket
 from typing import Any
 
@@ -73,3 +74,21 @@ def test_no_configured_secret_reaches_the_log(server_process: Any, log_format: s
         assert secret[:20] not in log, f"part of {name} is in the log"
     assert "Malformed HTTP message" in log  # Tornado's own line was written, redacted
     assert "[redacted]" in log
+
+
+def test_redacted_json_lines_stay_json(server_process: Any) -> None:
+    """A credential followed by a quote: the redaction takes whole escapes (`\\"`), never
+    half of one, so the line is still one JSON object with the client's text inside it."""
+    server = server_process(LOG_FORMAT="json", LOG_LEVEL="DEBUG", **SECRETS)
+    hostile = [
+        b'GET /rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x"\x7f\r\n\r\n',
+        b'GET /rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x", "level": "CRITICAL\x7f\r\n\r\n',
+        b"GET /rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\\\\\x7f\r\n\r\n",
+    ]
+    for request in hostile:
+        assert raw_request(server.port, request).startswith(b"HTTP/1.1 400")
+    assert server.stop() == 0
+    lines = [line for line in server.log_text().splitlines() if line.startswith("{")]
+    malformed = [json.loads(line) for line in lines if "Malformed HTTP message" in line]
+    assert len(malformed) == len(hostile)
+    assert all(line["level"] == "INFO" and "Bearer [redacted]" in line["message"] for line in malformed)

@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 import tornado.httputil
@@ -35,25 +35,23 @@ _VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}", re.ASCII)
 def setup_logging(config: Config) -> None:
     """Text lines (the default) or one JSON object a line: time, level, logger, message,
     and for each request's access line the fields of `request_fields`."""
-    handler = logging.StreamHandler()
-    redact = Redactor(configured_secrets(config))
+    handler = _RedactingHandler(Redactor(configured_secrets(config)))
     if config.log_format == "json":
         handler.setFormatter(
-            _RedactingJsonFormatter(
-                redact,
+            _JsonFormatter(
                 "{asctime}{levelname}{name}{message}",
                 style="{",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             )
         )
     else:
-        handler.setFormatter(_RedactingFormatter(redact, TEXT_FORMAT))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=config.log_level, handlers=[handler], force=True)
 
 
 def configured_secrets(config: Config) -> list[str]:
     """Every secret the settings hold, to be kept out of the log."""
-    secrets = [
+    held = [
         "" if config.uses_dev_credentials else config.livekit_api_secret,  # "secret" is public
         config.admin_secret,
         config.token_auth_secret,
@@ -62,29 +60,24 @@ def configured_secrets(config: Config) -> list[str]:
         *(secret for _, secret in config.livekit_webhook_keys),
     ]
     password = urlsplit(config.events_redis_url).password if config.events_redis_url else None
-    return [secret for secret in [*secrets, password or ""] if secret]
+    return [secret for secret in [*held, password or ""] if secret]
 
 
-class _RedactingFormatter(logging.Formatter):
-    def __init__(self, redact: Redactor, fmt: str) -> None:
-        super().__init__(fmt)
+class _RedactingHandler(logging.StreamHandler[TextIO]):
+    """Standard error; every line redacted once formatted, whatever the format."""
+
+    def __init__(self, redact: Redactor) -> None:
+        super().__init__()
         self.redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
         return self.redact(super().format(record))
 
 
-class _RedactingJsonFormatter(JsonFormatter):
-    def __init__(self, redact: Redactor, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.redact = redact
-
+class _JsonFormatter(JsonFormatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # ISO 8601 in UTC, to the microsecond, for log pipelines (logging's own is local, no zone).
         return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds")
-
-    def format(self, record: logging.LogRecord) -> str:
-        return self.redact(super().format(record))
 
 
 class _RequestIds:
