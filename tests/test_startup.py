@@ -135,14 +135,23 @@ FAILURES: list[tuple[str, Callable[[Path], dict[str, str]], dict[str, str], int,
 ]
 
 
-@pytest.mark.parametrize("failure", FAILURES, ids=[failure[0] for failure in FAILURES])
-def test_a_start_up_failure_is_one_line(tmp_path: Path, failure: tuple[Any, ...]) -> None:
-    _, setup, env, exit_code, says = failure
+def run_failure(
+    directory: Path, failure: tuple[Any, ...], **more_env: str
+) -> subprocess.CompletedProcess[str]:
+    """Start the server into one of FAILURES; whatever its setup holds open (a taken
+    port) is closed before this returns, whoever the caller (test_workers too)."""
+    _, setup, env, _, _ = failure
     try:
-        result = run_server(tmp_path, {**env, **setup(tmp_path)}, without_root_file_access)
+        return run_server(directory, {**more_env, **env, **setup(directory)}, without_root_file_access)
     finally:
         while _held_open:
             _held_open.pop().close()
+
+
+@pytest.mark.parametrize("failure", FAILURES, ids=[failure[0] for failure in FAILURES])
+def test_a_start_up_failure_is_one_line(tmp_path: Path, failure: tuple[Any, ...]) -> None:
+    _, _, _, exit_code, says = failure
+    result = run_failure(tmp_path, failure)
     output = (result.stdout + result.stderr).strip()
     assert "Traceback" not in output
     assert len(output.splitlines()) == 1, output
