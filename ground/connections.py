@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import resource
 import socket
 from asyncio import Future
@@ -58,6 +59,8 @@ def bind_listening(port: int, host: str) -> list[socket.socket]:
             except OSError as error:
                 if error.errno == errno.EAFNOSUPPORT:  # no IPv6 in this kernel
                     continue
+                if error.errno:  # without create_server's "(while attempting to bind...)"
+                    raise OSError(error.errno, os.strerror(error.errno)) from None
                 raise
             bound.append(sock)
             sock.setblocking(False)

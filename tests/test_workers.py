@@ -201,7 +201,7 @@ def test_sigterm_drains_every_worker(server_process: Any, workers: int) -> None:
     assert shared and not Path(shared[1]).exists()  # the parent removed what the workers shared
 
 
-@pytest.mark.parametrize("failure", FAILURES[:6], ids=[failure[0] for failure in FAILURES[:6]])
+@pytest.mark.parametrize("failure", FAILURES[:7], ids=[failure[0] for failure in FAILURES[:7]])
 def test_a_start_up_failure_with_workers_is_one_line(tmp_path: Path, failure: tuple[Any, ...]) -> None:
     _, _, _, exit_code, says = failure
     result = run_failure(tmp_path, failure, WORKERS="3")  # closes what the setup holds open
