@@ -21,7 +21,6 @@ import jwt
 import tornado.httpserver
 import tornado.web
 from livekit.api import LiveKitAPI
-from tornado.netutil import bind_sockets
 
 from eventlog import EventLog, open_event_log
 from extensions import Extensions, load_extensions
@@ -29,7 +28,7 @@ from extensions.app import AppContext, SharedLiveKitAPI
 from extensions.authorize import Step
 from extensions.events import EventHandlerRunner, WakeOnAppend, open_feed
 from ground.config import PROJECT_DIR, Config, ConfigError
-from ground.connections import Listener, default_max_connections, open_file_limit
+from ground.connections import Listener, bind_listening, default_max_connections, open_file_limit
 from handlers import events, pages, token, webhook
 from handlers import rooms as rooms_handlers
 from handlers.events import CLOSE_GOING_AWAY
@@ -236,6 +235,12 @@ async def start_app(app: tornado.web.Application) -> None:
 
 async def main(config: Config, extensions: Extensions | None = None, worker: Worker | None = None) -> None:
     sockets = worker.sockets if worker else listen(config)
+    try:  # METRICS_PORT: one port, so one worker serves it (WORKERS)
+        metrics_sockets = listen_metrics_port(config) if worker is None or worker.number == 0 else []
+    except StartupError:
+        for sock in sockets:
+            sock.close()
+        raise
     livekit_api = open_rooms_livekit_api(config)
     app: tornado.web.Application | None = None
     try:
@@ -244,7 +249,7 @@ async def main(config: Config, extensions: Extensions | None = None, worker: Wor
         app = make_app(config, event_log, livekit_api, extensions or Extensions(), number, shared_dir)
         await start_app(app)
     except (ConfigError, sqlite3.Error, OSError) as error:
-        for sock in sockets:
+        for sock in sockets + metrics_sockets:
             sock.close()
         await livekit_api.aclose()
         if app is not None:  # the extensions' client, opened by start_app before their setups
@@ -266,14 +271,7 @@ async def main(config: Config, extensions: Extensions | None = None, worker: Wor
     )
     listener = Listener(server, sockets, max_connections(config))
     listener.start()
-    try:  # METRICS_PORT: one port, so one worker serves it (WORKERS)
-        if worker is None or worker.number == 0:
-            app.settings["metrics_server"] = listen_metrics(config, app.settings["metrics"])
-    except OSError as error:
-        raise StartupError(
-            f"METRICS_PORT {config.metrics_port} is not available ({error.strerror or error}): "
-            "set it to a free port, or unset it to serve /metrics on SERVER_PORT"
-        ) from None
+    app.settings["metrics_server"] = listen_metrics(config, app.settings["metrics"], metrics_sockets)
     if worker is None or worker.number == 0:  # said once, not by every worker
         explain_startup(config, event_log, listener, worker is not None)
 
@@ -320,12 +318,25 @@ def _stop(stopped_by: asyncio.Future[str], signal_name: str) -> None:
 
 def listen(config: Config) -> list[socket.socket]:
     try:
-        return bind_sockets(config.server_port, config.server_host or None)
+        return bind_listening(config.server_port, config.server_host)
     except OSError as error:
         where = f"port {config.server_port} on {config.server_host or 'all interfaces'}"
         raise StartupError(
             f"{where} is not available ({error.strerror or error}): set SERVER_PORT to a free port "
             "(and SERVER_HOST to an address of this machine, or leave it empty)"
+        ) from None
+
+
+def listen_metrics_port(config: Config) -> list[socket.socket]:
+    """METRICS_PORT's sockets (none when it is unset), on the server's address."""
+    if not config.metrics_port:
+        return []
+    try:
+        return bind_listening(config.metrics_port, config.server_host)
+    except OSError as error:
+        raise StartupError(
+            f"METRICS_PORT {config.metrics_port} is not available ({error.strerror or error}): "
+            "set it to a free port, or unset it to serve /metrics on SERVER_PORT"
         ) from None
 
 

@@ -42,6 +42,7 @@ LOG_ID_KEY = "livekit:events:log-id"
 READ_BLOCK_MS = 5_000
 READ_BATCH = 500
 MAX_CONNECTIONS = 32
+RESTART_SECONDS = 1.0  # before the reader starts again after it stopped (never by design)
 # Replay pages read at once: the other connections stay free for webhooks.
 CONCURRENT_READS = 8
 _FOREIGN_REMEMBERED = 1_000
@@ -134,6 +135,7 @@ class RedisEventLog(EventLog):
         self._available = True
         self.log_id = ""  # learnt from Redis at start, on each append and each read
         self._foreign: set[str] = set()
+        self._restart: asyncio.Task[None] | None = None  # the reader's, after it stopped
         self._entry_bytes = 1024  # running estimate, to size pages to a byte budget
 
     async def start(self) -> None:
@@ -157,7 +159,15 @@ class RedisEventLog(EventLog):
         log.error("Redis event reader stopped: %r; restarting it", task.exception())
         self._set_available(False)
         self._reader = None
-        asyncio.get_running_loop().call_later(1.0, lambda: asyncio.ensure_future(self.start()))
+        # Held until it ends (a task nobody holds may be collected mid-way); close() cancels it.
+        self._restart = asyncio.get_running_loop().create_task(
+            self._start_again(), name="redis reader restart"
+        )
+
+    async def _start_again(self) -> None:
+        await asyncio.sleep(RESTART_SECONDS)
+        if not self._closing:
+            await self.start()
 
     async def _last_id(self) -> str:
         newest: Any = await self._reader_redis.xrevrange(STREAM_KEY, count=1)
@@ -322,6 +332,9 @@ class RedisEventLog(EventLog):
 
     async def close(self) -> None:
         self._closing = True
+        if self._restart is not None:
+            self._restart.cancel()
+            await asyncio.gather(self._restart, return_exceptions=True)
         if self._reader is not None:
             self._reader.cancel()
             # A cancelled read inside redis-py can end in another error: closing its

@@ -166,7 +166,9 @@ class EventHandlerRunner:
         self._run_all()
 
     def _run_all(self) -> None:
-        self._tasks = [
+        # Added to the list, never replacing it: _start_later, which calls this, stays in
+        # it too, so that stop() waits for it (a task nobody holds may be collected).
+        self._tasks += [
             asyncio.create_task(self._run(handler), name=f"event handler {handler.name}")
             for handler in self.handlers
         ]
@@ -183,9 +185,10 @@ class EventHandlerRunner:
                 log.debug("event store still unreachable: %s", error)
                 delay = min(delay * 2, 5.0)
                 continue
+            if self._stopping.is_set():
+                return
             log.info("event handlers started")
             self._run_all()
-            await asyncio.gather(*self._tasks)
             return
 
     def wake(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import resource
 import socket
 from asyncio import Future
@@ -42,6 +43,32 @@ _PEER_ERRORS = {
 }
 # Taken at most this many at a time, as Tornado does, so the loop serves others meanwhile.
 ACCEPT_BATCH = 128
+LISTEN_BACKLOG = 128  # Tornado's
+
+
+def bind_listening(port: int, host: str) -> list[socket.socket]:
+    """Non-blocking listening sockets on every address of `host` ("": all interfaces).
+    Tornado's bind_sockets does the same but leaves open the socket it failed to bind
+    and those bound before it: a start-up refused for a taken port must close them."""
+    infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    bound: list[socket.socket] = []
+    try:
+        for family, address in sorted({(info[0], info[4]) for info in infos}, key=lambda pair: pair[0]):
+            try:  # IPv6 sockets are IPv6 only (create_server's default), beside IPv4's
+                sock = socket.create_server(address, family=family, backlog=LISTEN_BACKLOG)
+            except OSError as error:
+                if error.errno == errno.EAFNOSUPPORT:  # no IPv6 in this kernel
+                    continue
+                if error.errno:  # without create_server's "(while attempting to bind...)"
+                    raise OSError(error.errno, os.strerror(error.errno)) from None
+                raise
+            bound.append(sock)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
 
 
 def open_file_limit() -> int:

@@ -3,6 +3,7 @@ on the main port or on METRICS_PORT's app of its own."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import tornado.httpserver
@@ -60,11 +61,16 @@ def make_metrics_app(config: Config, metrics: Metrics) -> tornado.web.Applicatio
     return make_application(config, metrics_routes(config, metrics, separate_port=True))
 
 
-def listen_metrics(config: Config, metrics: Metrics | None) -> tornado.httpserver.HTTPServer | None:
-    """Serves /metrics on METRICS_PORT (same address as the server) when it is set;
-    returns the HTTP server to stop on shutdown, or None."""
-    if metrics is None or not config.metrics_port:
+def listen_metrics(
+    config: Config, metrics: Metrics | None, sockets: list[socket.socket]
+) -> tornado.httpserver.HTTPServer | None:
+    """Serves /metrics on `sockets`, METRICS_PORT's (server.py binds them first thing, so
+    that a taken port stops the start before anything is opened); returns the HTTP
+    server to stop on shutdown, or None."""
+    if metrics is None or not sockets:
+        for sock in sockets:
+            sock.close()
         return None
     server = tornado.httpserver.HTTPServer(make_metrics_app(config, metrics))
-    server.listen(config.metrics_port, address=config.server_host)
+    server.add_sockets(sockets)
     return server

@@ -41,6 +41,7 @@ class Rooms:
         self.enforcer = BanEnforcer(self.bans, self.calls, livekit_api, event_log)
         if leader:  # one process removes a banned identity again, not every worker
             self.directory.on_participant = self.enforcer.seen
+            self.directory.on_listing = self.enforcer.listed
 
     async def start(self) -> None:
         await self.directory.start()

@@ -33,6 +33,8 @@ from rooms.names import canonical
 MAX_BAN_SECONDS = 365 * 86_400
 READ_BUSY_MS = 200
 REDIS_KEY_PREFIX = "livekit:bans:"
+REDIS_CONNECTIONS = 16
+REDIS_SECONDS = 3
 
 
 class BansUnavailable(Exception):
@@ -209,9 +211,17 @@ class SqliteBans(BanStore):
 
 class RedisBans(BanStore):
     def __init__(self, url: str) -> None:
-        self._redis = redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=2, socket_timeout=3
+        # At most REDIS_CONNECTIONS: a request finding them all busy waits up to
+        # REDIS_SECONDS for one, then answers 503 (BansUnavailable), as a silent Redis does.
+        self._pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=REDIS_SECONDS,
+            socket_connect_timeout=REDIS_SECONDS,
+            socket_timeout=REDIS_SECONDS,
+            decode_responses=True,
         )
+        self._redis = redis.Redis(connection_pool=self._pool)
 
     async def _ask(self, call: Any) -> Any:
         try:
@@ -255,3 +265,4 @@ class RedisBans(BanStore):
 
     async def close(self) -> None:
         await self._redis.aclose()
+        await self._pool.disconnect()

@@ -79,8 +79,10 @@ class RoomDirectory:
         self.supervisor = Supervisor()
         self._started = False
         self._cursor: str | None = None
-        # Told of each participant seen joining or listed by a reconcile (ban enforcement).
+        # Ban enforcement: told of each participant seen joining (room, identity, sid), and
+        # of everyone a reconcile listed (room -> identity -> sid).
         self.on_participant: Callable[[str, str, str], None] | None = None
+        self.on_listing: Callable[[dict[str, dict[str, str]]], None] | None = None
         self._reader_runs = 0
         self._reconcile_soon = asyncio.Event()
         # Events applied while a reconcile was asking LiveKit: applied again on its answer.
@@ -347,11 +349,14 @@ class RoomDirectory:
                 self._room_changed(name)
 
     def _tell_participants(self) -> None:
-        """Each participant a reconcile listed, to ban enforcement."""
-        if self.on_participant is not None:
-            for name, room in self.rooms.items():
-                for identity, participant in room.participants.items():
-                    self.on_participant(name, identity, participant["sid"])
+        """The participants a reconcile listed, to ban enforcement (in one call)."""
+        if self.on_listing is not None:
+            self.on_listing(
+                {
+                    name: {identity: person["sid"] for identity, person in room.participants.items()}
+                    for name, room in self.rooms.items()
+                }
+            )
 
     async def _follow_leader(self, share: DirectoryShare) -> None:
         """Not worker 0: each listing worker 0 writes is this worker's reconcile, with the

@@ -5,6 +5,7 @@ is wrong and what to set (exit 2 for a setting, 1 for anything else), a shutdown
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,10 @@ def port_in_use(directory: Path) -> dict[str, str]:
     return {"SERVER_PORT": str(taken.getsockname()[1])}
 
 
+def metrics_port_in_use(directory: Path) -> dict[str, str]:
+    return {"METRICS_PORT": port_in_use(directory)["SERVER_PORT"]}
+
+
 def env_file(content: bytes, mode: int = 0o644) -> Callable[[Path], dict[str, str]]:
     def write(directory: Path) -> dict[str, str]:
         path = directory / ".env"
@@ -114,6 +120,7 @@ FAILURES: list[tuple[str, Callable[[Path], dict[str, str]], dict[str, str], int,
     ("TOKEN_TTL overflow", lambda _: {}, {"TOKEN_TTL": "99999999999d"}, 2, ["TOKEN_TTL", "6h"]),
     ("Redis URL without a scheme", lambda _: {}, {"EVENTS_REDIS_URL": "localhost:6379"}, 2, ["redis://"]),
     ("port in use", port_in_use, {}, 1, ["Address already in use", "SERVER_PORT"]),
+    ("metrics port in use", metrics_port_in_use, {}, 1, ["Address already in use", "METRICS_PORT"]),
     ("non-UTF-8 .env", env_file(b"LIVEKIT_URL=ws://caf\xe9:7880\n"), {}, 2, [".env is not UTF-8", "UTF-8"]),
     ("unreadable .env", env_file(b"SERVER_PORT=7000\n", 0o000), {}, 2, ["cannot read", ".env"]),
     ("unknown APP_ENV", lambda _: {}, {"APP_ENV": "prod"}, 2, ["APP_ENV", "production", "'prod'"]),
@@ -128,14 +135,23 @@ FAILURES: list[tuple[str, Callable[[Path], dict[str, str]], dict[str, str], int,
 ]
 
 
-@pytest.mark.parametrize("failure", FAILURES, ids=[failure[0] for failure in FAILURES])
-def test_a_start_up_failure_is_one_line(tmp_path: Path, failure: tuple[Any, ...]) -> None:
-    _, setup, env, exit_code, says = failure
+def run_failure(
+    directory: Path, failure: tuple[Any, ...], **more_env: str
+) -> subprocess.CompletedProcess[str]:
+    """Start the server into one of FAILURES; whatever its setup holds open (a taken
+    port) is closed before this returns, whoever the caller (test_workers too)."""
+    _, setup, env, _, _ = failure
     try:
-        result = run_server(tmp_path, {**env, **setup(tmp_path)}, without_root_file_access)
+        return run_server(directory, {**more_env, **env, **setup(directory)}, without_root_file_access)
     finally:
         while _held_open:
             _held_open.pop().close()
+
+
+@pytest.mark.parametrize("failure", FAILURES, ids=[failure[0] for failure in FAILURES])
+def test_a_start_up_failure_is_one_line(tmp_path: Path, failure: tuple[Any, ...]) -> None:
+    _, _, _, exit_code, says = failure
+    result = run_failure(tmp_path, failure)
     output = (result.stdout + result.stderr).strip()
     assert "Traceback" not in output
     assert len(output.splitlines()) == 1, output
@@ -220,3 +236,41 @@ def test_sighup_is_left_ignored_under_nohup(tmp_path: Path) -> None:
         assert post_webhook(server.url, webhook_event()) == 200
     finally:
         assert server.stop() == 0
+
+
+def refused_in_process(config: Any, says: str) -> list[str]:
+    """Run main() as a worker does, which must refuse with StartupError; the
+    ResourceWarnings (unclosed sockets and the like) that refusal left behind."""
+    from server import StartupError, main
+    from tests.conftest import run_async
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(StartupError, match=says):
+            run_async(main(config))
+        gc.collect()
+    return [str(warning.message) for warning in caught if issubclass(warning.category, ResourceWarning)]
+
+
+@pytest.mark.parametrize("port", ["SERVER_PORT", "METRICS_PORT"])
+def test_a_taken_port_stops_main_with_everything_closed(tmp_path: Path, port: str) -> None:
+    """The refusal leaves SERVER_PORT free and nothing open behind it (no socket, and the
+    store not even opened)."""
+    from ground.config import Config
+
+    taken = socket.create_server(("127.0.0.1", 0))
+    server_port = free_port() if port == "METRICS_PORT" else taken.getsockname()[1]
+    config = Config(
+        events_db=str(tmp_path / "events.sqlite3"),
+        server_host="127.0.0.1",
+        server_port=server_port,
+        metrics_port=taken.getsockname()[1] if port == "METRICS_PORT" else 0,
+    )
+    try:
+        left_open = refused_in_process(config, port)
+    finally:
+        taken.close()
+    assert left_open == []
+    # Held by nothing (the exception's frames included): the port can be listened on again.
+    socket.create_server(("127.0.0.1", server_port)).close()
+    assert not (tmp_path / "events.sqlite3").exists()  # refused before the store was opened

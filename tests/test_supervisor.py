@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,6 +13,18 @@ import pytest
 from ground import supervisor
 from ground.supervisor import Supervisor
 from tests.test_rooms import in_a_thread
+
+DEADLINE_SECONDS = 30.0
+
+
+async def until(read: Callable[[], Any], holds: Callable[[Any], bool]) -> Any:
+    """`read()` once `holds` of it, looked at every 10 ms; fails after DEADLINE_SECONDS."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE_SECONDS
+    while not holds(value := read()):
+        assert loop.time() < deadline, f"still {value!r} after {DEADLINE_SECONDS:g} s"
+        await asyncio.sleep(0.01)
+    return value
 
 
 def test_a_failing_task_is_logged_shown_down_and_started_again(
@@ -30,11 +43,12 @@ def test_a_failing_task_is_logged_shown_down_and_started_again(
     async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
         tasks = Supervisor()
         tasks.start("the reconcile", work)
-        await asyncio.sleep(0.1)
-        down = tasks.health()
-        await asyncio.sleep(0.6)
-        up = tasks.health()
-        await tasks.stop()
+        try:
+            # Waited for, not slept on: a loaded machine may take its time either way.
+            down = await until(tasks.health, lambda health: health != {})
+            up = await until(tasks.health, lambda health: health == {} and len(runs) == 3)
+        finally:
+            await tasks.stop()
         return down, up
 
     with caplog.at_level(logging.ERROR, logger="ground.supervisor"):

@@ -28,7 +28,7 @@ from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
 from tests.admin import SECRET, admin, path_of
 from tests.conftest import events_url, request_token, require, run_async, webhook_event, webhook_request
 from tests.test_metrics import Samples, parse
-from tests.test_startup import FAILURES, run_server, without_root_file_access
+from tests.test_startup import FAILURES, run_failure, run_server, without_root_file_access
 
 WORKER_COUNTS = [2, 3]
 
@@ -201,10 +201,10 @@ def test_sigterm_drains_every_worker(server_process: Any, workers: int) -> None:
     assert shared and not Path(shared[1]).exists()  # the parent removed what the workers shared
 
 
-@pytest.mark.parametrize("failure", FAILURES[:6], ids=[failure[0] for failure in FAILURES[:6]])
+@pytest.mark.parametrize("failure", FAILURES[:7], ids=[failure[0] for failure in FAILURES[:7]])
 def test_a_start_up_failure_with_workers_is_one_line(tmp_path: Path, failure: tuple[Any, ...]) -> None:
-    _, setup, env, exit_code, says = failure
-    result = run_server(tmp_path, {"WORKERS": "3", **env, **setup(tmp_path)}, without_root_file_access)
+    _, _, _, exit_code, says = failure
+    result = run_failure(tmp_path, failure, WORKERS="3")  # closes what the setup holds open
     output = (result.stdout + result.stderr).strip()
     assert "Traceback" not in output and len(output.splitlines()) == 1, output
     assert all(part in output for part in says) and result.returncode == exit_code, output
