@@ -34,7 +34,7 @@ class Rooms:
         too); `leader`, whether this one (worker 0) reconciles the room directory for all."""
         self.livekit_api = livekit_api
         self.calls = LiveKitCalls(config)
-        self.bans: BanStore = open_ban_store(config, shared=shared_dir is not None)
+        self.bans: BanStore = open_ban_store(config, shared_dir)
         self.admission = Admission(config, self.bans, livekit_api, self.calls)
         share = DirectoryShare(shared_dir, leader) if shared_dir else None
         self.directory = RoomDirectory(config, event_log, livekit_api, self.calls, share)

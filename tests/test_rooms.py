@@ -19,7 +19,7 @@ from tornado.websocket import websocket_connect
 
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
 from ground.config import Config, ConfigError
-from rooms.bans import RedisBans, SqliteBans
+from rooms.bans import BanVersion, RedisBans, SqliteBans
 from tests.admin import SECRET, RoomsSocket, admin, eventually, path_of
 from tests.conftest import post_token, request_token, require
 
@@ -255,6 +255,26 @@ async def test_sqlite_bans_survive_a_restart_and_end_on_time(tmp_path: Path) -> 
     again = SqliteBans(path)
     assert await again.list("room/1") == []
     await again.close()
+
+
+@pytest.mark.gen_test
+async def test_sqlite_bans_shared_by_processes_follow_each_others_changes(tmp_path: Path) -> None:
+    """WORKERS: each process keeps the bans in memory and reads the table again when the
+    shared version moved; one that has not seen it move answers from memory."""
+    path, version_file = str(tmp_path / "events.sqlite3"), str(tmp_path / "bans.version")
+    first, second = SqliteBans(path, BanVersion(version_file)), SqliteBans(path, BanVersion(version_file))
+    assert await second.find("R", "bob") is None
+    await first.ban("R", "bob", 60)
+    assert (await second.find("R", "b\u200dob")) is not None  # the canonical key, from the other's write
+    assert [ban.identity for ban in await second.list("R")] == ["bob"]
+    assert await second.lift("R", "bob") is True
+    assert await first.find("R", "bob") is None
+    await first.ban("R", "eve", 1)
+    assert await second.find("R", "eve") is not None
+    await asyncio.sleep(1.05)
+    assert await second.find("R", "eve") is None  # over: from memory, without another read
+    await first.close()
+    await second.close()
 
 
 @pytest.mark.redis
