@@ -151,7 +151,7 @@ def run() -> None:
     if config.workers == 1:
         raise SystemExit(serve(config, extensions))
     try:
-        sockets = listen(config)  # bound once, here: every worker accepts on them
+        sockets = listen_per_worker(config)  # bound once, here: a set for each worker
     except StartupError as error:
         log.error("Cannot start: %s", error)
         raise SystemExit(EXIT_RUNTIME) from None
@@ -163,7 +163,7 @@ def run() -> None:
     )
     supervisor = Supervisor(
         config.workers,
-        lambda worker, ready: serve(config, extensions, Worker(worker, sockets, ready, shared_dir)),
+        lambda worker, ready: serve(config, extensions, Worker(worker, sockets[worker], ready, shared_dir)),
         f"sharing {shared_dir}",
     )
     try:
@@ -330,15 +330,34 @@ def _stop(stopped_by: asyncio.Future[str], signal_name: str) -> None:
         stopped_by.set_result(signal_name)
 
 
-def listen(config: Config) -> list[socket.socket]:
+def listen(config: Config, reuse_port: bool = False) -> list[socket.socket]:
     try:
-        return bind_listening(config.server_port, config.server_host)
+        return bind_listening(config.server_port, config.server_host, reuse_port)
     except OSError as error:
         where = f"port {config.server_port} on {config.server_host or 'all interfaces'}"
         raise StartupError(
             f"{where} is not available ({error.strerror or error}): set SERVER_PORT to a free port "
             "(and SERVER_HOST to an address of this machine, or leave it empty)"
         ) from None
+
+
+def listen_per_worker(config: Config) -> list[list[socket.socket]]:
+    """WORKERS: a set of listening sockets for each worker on the one port, among which the
+    kernel spreads connections (SO_REUSEPORT). On one shared set, the worker that woke
+    first took every connection of a burst (wrk's 32: one worker served them all, the
+    other none). The port is first bound alone and let go: so it is refused when taken,
+    by another server started the same way too, rather than shared with it."""
+    for sock in listen(config):
+        sock.close()
+    groups: list[list[socket.socket]] = []
+    try:
+        for _ in range(config.workers):
+            groups.append(listen(config, reuse_port=True))
+    except StartupError:
+        for sock in (sock for group in groups for sock in group):
+            sock.close()
+        raise
+    return groups
 
 
 def listen_metrics_port(config: Config) -> list[socket.socket]:

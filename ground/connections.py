@@ -52,16 +52,20 @@ ACCEPT_BATCH = 128
 LISTEN_BACKLOG = 128  # Tornado's
 
 
-def bind_listening(port: int, host: str) -> list[socket.socket]:
+def bind_listening(port: int, host: str, reuse_port: bool = False) -> list[socket.socket]:
     """Non-blocking listening sockets on every address of `host` ("": all interfaces).
     Tornado's bind_sockets does the same but leaves open the socket it failed to bind
-    and those bound before it: a start-up refused for a taken port must close them."""
+    and those bound before it: a start-up refused for a taken port must close them.
+    `reuse_port`: one of several sets on the same port (WORKERS: one set a worker), among
+    which the kernel spreads new connections."""
     infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     bound: list[socket.socket] = []
     try:
         for family, address in sorted({(info[0], info[4]) for info in infos}, key=lambda pair: pair[0]):
             try:  # IPv6 sockets are IPv6 only (create_server's default), beside IPv4's
-                sock = socket.create_server(address, family=family, backlog=LISTEN_BACKLOG)
+                sock = socket.create_server(
+                    address, family=family, backlog=LISTEN_BACKLOG, reuse_port=reuse_port
+                )
             except OSError as error:
                 if error.errno == errno.EAFNOSUPPORT:  # no IPv6 in this kernel
                     continue

@@ -142,6 +142,41 @@ def test_health_names_the_worker_and_every_worker_answers(server_process: Any, w
     assert log.count("Listening on") == 1 and f"Serving with {workers} workers" in log
 
 
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_a_burst_of_connections_is_spread_over_the_workers(server_process: Any, workers: int) -> None:
+    """32 keep-alive connections opened at once, as a load generator or a proxy's pool
+    does: every worker gets some (on one shared socket, the first awake took them all)."""
+    server = started(server_process(WORKERS=str(workers)), workers)
+    connections = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=5) for _ in range(32)]
+    try:
+        for connection in connections:
+            connection.connect()
+        held: dict[str, int] = {}
+        for connection in connections:
+            connection.request("GET", "/healthz")
+            answer = connection.getresponse()
+            answer.read()
+            held[answer.headers["X-Worker-Id"]] = held.get(answer.headers["X-Worker-Id"], 0) + 1
+    finally:
+        for connection in connections:
+            connection.close()
+    assert sorted(held) == [str(n) for n in range(workers)] and min(held.values()) >= 2, held
+
+
+def test_a_second_server_on_the_port_of_one_with_workers_is_refused(
+    server_process: Any, tmp_path: Path
+) -> None:
+    """Each worker's sockets share the port with the others' (SO_REUSEPORT), never with
+    another server started the same way."""
+    first = started(server_process(WORKERS="2"), 2)
+    for workers in ("2", "1"):
+        result = run_server(tmp_path, {"WORKERS": workers, "SERVER_PORT": str(first.port)})
+        output = (result.stdout + result.stderr).strip()
+        assert result.returncode == 1 and f"port {first.port}" in output, output
+        assert "Address already in use" in output and len(output.splitlines()) == 1, output
+    assert workers_seen(first.url, 2) == {"0", "1"}
+
+
 def started(server: Any, workers: int) -> Any:
     """The server once every worker serves (it answers as soon as worker 0 does)."""
     deadline = time.monotonic() + 30
