@@ -110,6 +110,8 @@ class RoomDirectory:
             listener.directory_changed(data)
 
     def _room_changed(self, name: str) -> None:
+        if not self._listeners:
+            return  # no panel open: a room's message (its participants sorted) is for no one
         room = self.rooms.get(name)
         if room is None:
             self._tell({"type": "room_closed", "name": name})
