@@ -109,7 +109,7 @@ livekit:
 bench: setup-dev bench/node_modules/.installed
 	$(PY) -m bench.run
 
-# Where our server spends its time under load (cProfile): see bench/profile.py.
+# Where our server spends its time under load (cProfile, or PROFILE_TOOL=py-spy): see bench/profile.py.
 profile: setup-dev
 	$(PY) -m bench.profile
 

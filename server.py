@@ -163,7 +163,9 @@ def run() -> None:
     )
     supervisor = Supervisor(
         config.workers,
-        lambda worker, ready: serve(config, extensions, Worker(worker, sockets[worker], ready, shared_dir)),
+        lambda worker, ready: serve(
+            config, extensions, Worker(worker, own_sockets(sockets, worker), ready, shared_dir)
+        ),
         f"sharing {shared_dir}",
     )
     try:
@@ -341,13 +343,22 @@ def listen(config: Config, reuse_port: bool = False) -> list[socket.socket]:
         ) from None
 
 
+# Where SO_REUSEPORT spreads new connections over the sockets bound with it (Linux);
+# elsewhere the workers share one set.
+SPREADS_CONNECTIONS = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
 def listen_per_worker(config: Config) -> list[list[socket.socket]]:
     """WORKERS: a set of listening sockets for each worker on the one port, among which the
-    kernel spreads connections (SO_REUSEPORT). On one shared set, the worker that woke
-    first took every connection of a burst (wrk's 32: one worker served them all, the
-    other none). The port is first bound alone and let go: so it is refused when taken,
-    by another server started the same way too, rather than shared with it."""
-    for sock in listen(config):
+    kernel spreads new connections (SO_REUSEPORT). On one shared set, the worker that
+    woke first took every connection of a burst (wrk's 32: one worker served them all).
+    The port is first bound alone and let go, so it is refused when taken, by a server
+    started the same way too (unless both start in the same instant). The price: a
+    connection waits for the worker whose set it landed in (docs/decisions.md)."""
+    probe = listen(config)
+    if not SPREADS_CONNECTIONS:
+        return [probe] * config.workers
+    for sock in probe:
         sock.close()
     groups: list[list[socket.socket]] = []
     try:
@@ -358,6 +369,16 @@ def listen_per_worker(config: Config) -> list[list[socket.socket]]:
             sock.close()
         raise
     return groups
+
+
+def own_sockets(groups: list[list[socket.socket]], number: int) -> list[socket.socket]:
+    """Worker `number`'s set; in its process the others' are closed (only the parent keeps
+    them all, for a worker that replaces one)."""
+    for group in groups:
+        if group is not groups[number]:
+            for sock in group:
+                sock.close()
+    return groups[number]
 
 
 def listen_metrics_port(config: Config) -> list[socket.socket]:

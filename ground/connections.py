@@ -20,6 +20,7 @@ import logging
 import os
 import resource
 import socket
+import time
 from asyncio import Future
 from collections import OrderedDict
 from collections.abc import Awaitable
@@ -50,6 +51,9 @@ _PEER_ERRORS = {
 # Taken at most this many at a time, as Tornado does, so the loop serves others meanwhile.
 ACCEPT_BATCH = 128
 LISTEN_BACKLOG = 128  # Tornado's
+# A deadline this close counts as reached: uvloop may run a timer up to a millisecond
+# early, and one set again for the rest would run at once, again and again.
+TIMER_SLACK_SECONDS = 0.01
 
 
 def bind_listening(port: int, host: str, reuse_port: bool = False) -> list[socket.socket]:
@@ -196,19 +200,20 @@ class Listener:
     def started_waiting(self, stream: _CountedStream) -> None:
         idle = self._idle
         idle.pop(stream, None)  # to the end: the order is the order they started waiting
-        idle[stream] = self._io_loop.time()
+        idle[stream] = time.monotonic()  # (the loop's time() is the wall clock's: it may jump)
         if self._idle_timer is None:
             self._idle_timer = self._io_loop.call_later(self.idle_timeout, self._close_idle)
 
     def _close_idle(self) -> None:
         """Close what waited IDLE_TIMEOUT for its headers; sleep until the next deadline."""
         self._idle_timer = None
-        idle, now = self._idle, self._io_loop.time()
+        idle, now = self._idle, time.monotonic()
         while idle:
             stream, since = next(iter(idle.items()))
             if stream.waiting_for_headers():
-                if since + self.idle_timeout > now:
-                    self._idle_timer = self._io_loop.call_at(since + self.idle_timeout, self._close_idle)
+                left = since + self.idle_timeout - now
+                if left > TIMER_SLACK_SECONDS:
+                    self._idle_timer = self._io_loop.call_later(left, self._close_idle)
                     return
                 stream.close()  # Tornado ends the connection: its header read fails
             idle.pop(stream, None)

@@ -163,11 +163,15 @@ class SqliteBans(BanStore):
     async def _write(self, sql: str, parameters: tuple[Any, ...]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._thread, self._db.execute, sql, parameters)
+            await loop.run_in_executor(self._thread, self._write_now, sql, parameters)
         except sqlite3.Error as error:
             raise BansUnavailable(f"The ban list could not be written: {error}") from None
+
+    def _write_now(self, sql: str, parameters: tuple[Any, ...]) -> None:
+        self._db.execute(sql, parameters)
         if self._version is not None:
-            self._version.raise_()  # committed: the others may read it now
+            # Committed: the others read it from now on, however busy this event loop is.
+            self._version.raise_()
 
     async def ban(self, room: str, identity: str, seconds: int) -> Ban:
         room, identity = canonical(room), canonical(identity)

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tornado.websocket import websocket_connect
 
-from tests.conftest import post_webhook, webhook_event
+from tests.conftest import events_url, post_webhook, run_async, webhook_event
 
 TOKEN_BODY = b'{"roomName":"R","participantName":"alice"}'
 
@@ -165,6 +166,30 @@ def test_idle_slow_header_and_slow_body_connections_are_closed(start_server: Any
     assert time.monotonic() - started < 10
     slow_body.close()
     assert healthz_status(server.port) == 200
+
+
+def test_idle_timeout_after_an_answer_closes_the_connection_but_never_a_socket(start_server: Any) -> None:
+    """IDLE_TIMEOUT counts again from each answer on a keep-alive connection; an events
+    socket, quiet for longer than that, stays open and gets the next event."""
+    server = start_server(IDLE_TIMEOUT="1")
+
+    async def quiet_socket_then_event() -> Any:
+        socket_ = await websocket_connect(events_url(server.url))
+        await asyncio.sleep(2.5)
+        assert await asyncio.to_thread(post_webhook, server.url, webhook_event(room="quiet")) == 200
+        message = await asyncio.wait_for(socket_.read_message(), 5)
+        socket_.close()
+        return message
+
+    keep_alive = socket.create_connection(("127.0.0.1", server.port))
+    for _ in range(3):  # answered, then idle less than IDLE_TIMEOUT each time: kept open
+        keep_alive.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert keep_alive.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(0.6)
+    message = run_async(quiet_socket_then_event())
+    assert message is not None and json.loads(message)["event"]["room"]["name"] == "quiet"
+    assert closed_by_server(keep_alive, 10)  # idle since its last answer
+    keep_alive.close()
 
 
 # 9. Bodies over an endpoint's limit are refused before they are read

@@ -163,6 +163,33 @@ def test_a_burst_of_connections_is_spread_over_the_workers(server_process: Any, 
     assert sorted(held) == [str(n) for n in range(workers)] and min(held.values()) >= 2, held
 
 
+def listening_sockets(pid: int, port: int) -> set[int]:
+    """The inodes of the listening TCP sockets on `port` that process `pid` holds."""
+    listening = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            listening.add(int(fields[9]))
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            held.add(int(target[8:-1]))
+    return listening & held
+
+
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_each_worker_holds_its_own_listening_socket_and_the_parent_all(
+    server_process: Any, workers: int
+) -> None:
+    server = started(server_process(WORKERS=str(workers)), workers)
+    assert server.process is not None
+    parent = listening_sockets(server.process.pid, server.port)
+    own = [listening_sockets(pid, server.port) for pid in worker_pids(server.process.pid)]
+    assert len(parent) == workers and all(len(sockets) == 1 for sockets in own), (parent, own)
+    assert set().union(*own) == parent  # one each, none shared
+
+
 def test_a_second_server_on_the_port_of_one_with_workers_is_refused(
     server_process: Any, tmp_path: Path
 ) -> None:

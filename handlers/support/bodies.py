@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.ioloop import IOLoop
 
+from ground.connections import TIMER_SLACK_SECONDS
 from handlers.support.base import Tracked, is_number
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,7 @@ class BodyDeadlines:
         self.timer: object | None = None
 
     def add(self, body: BoundedBody) -> None:
-        self.pending[body] = self.io_loop.time() + self.timeout
+        self.pending[body] = time.monotonic() + self.timeout  # the loop's time() may jump
         if self.timer is None:
             self.timer = self.io_loop.call_later(self.timeout, self.expire)
 
@@ -105,11 +107,11 @@ class BodyDeadlines:
 
     def expire(self) -> None:
         self.timer = None
-        now = self.io_loop.time()
+        now = time.monotonic()
         while self.pending:
             body, deadline = next(iter(self.pending.items()))
-            if deadline > now:
-                self.timer = self.io_loop.call_at(deadline, self.expire)
+            if deadline - now > TIMER_SLACK_SECONDS:
+                self.timer = self.io_loop.call_later(deadline - now, self.expire)
                 return
             del self.pending[body]
             body.too_slow()

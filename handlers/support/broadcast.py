@@ -97,6 +97,8 @@ class Broadcaster:
         return len(self._subscribers)
 
     def entries_added(self, entries: Sequence[Entry]) -> None:
+        if not self._subscribers:
+            return  # frames for no one (replays are framed from the store when asked)
         for entry in entries:
             frame = make_frame(entry)
             # A subscriber may drop itself while we iterate: iterate over a copy.
