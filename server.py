@@ -290,8 +290,8 @@ async def main(config: Config, extensions: Extensions | None = None, worker: Wor
     log.info("%sStopped", who)
 
 
-# Python's young-generation threshold (700 by default) made the collector run every few
-# requests; reference counting frees a request's objects anyway.
+# A young collection once this many more container objects are alive (Python's 700 made
+# one every few requests); reference counting frees a request's objects anyway.
 GC_YOUNG_THRESHOLD = 20_000
 
 
