@@ -324,6 +324,16 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def info(self, section: str, field: str) -> int:
+        """One figure of INFO, asked on a connection of its own (counted in it too)."""
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        try:
+            return int(client.info(section)[field])
+        finally:
+            client.close()
+
     def start(self) -> RedisServer:
         from dev.livekit_server import is_listening
 

@@ -11,11 +11,11 @@ from typing import Any
 import jwt
 import pytest
 
-from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
+from dev.livekit_server import LiveKitServer
 from tests.admin import SECRET, admin, eventually, path_of
-from tests.conftest import request_token, require
+from tests.conftest import request_token
 from tests.processes import ServerProcess
-from tests.test_e2e import open_page
+from tests.test_e2e import livekit_with_app, open_page
 
 pytestmark = pytest.mark.e2e
 
@@ -37,26 +37,8 @@ CONNECT = """async ([url, token]) => {
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[ServerProcess, LiveKitServer]]:
-    binary = find_binary()
-    require("livekit-server", binary is not None, HOW_TO_GET)
-    assert binary is not None
-    app_port = free_port()
-    livekit = LiveKitServer(
-        binary,
-        f"http://127.0.0.1:{app_port}/livekit/webhook",
-        empty_timeout=30,
-        departure_timeout=2,
-        log_path=tmp_path / "livekit.log",
-    )
-    app = ServerProcess(tmp_path, SERVER_PORT=str(app_port), ADMIN_SECRET=SECRET)
-    try:
-        livekit.start()
-        app.env["LIVEKIT_URL"] = livekit.url
-        app.start()
-        yield app, livekit
-    finally:
-        livekit.stop()
-        app.stop()
+    with livekit_with_app(tmp_path, empty_timeout=30, ADMIN_SECRET=SECRET) as started:
+        yield started
 
 
 def in_room(app: ServerProcess, room: str, identity: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -24,22 +25,23 @@ pytestmark = pytest.mark.e2e
 WAIT_MS = 30_000
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, LiveKitServer]]:
+@contextlib.contextmanager
+def livekit_with_app(
+    workdir: Path, empty_timeout: int, **env: str
+) -> Iterator[tuple[ServerProcess, LiveKitServer]]:
     """livekit-server with its webhooks pointed at this server, both on free loopback ports."""
     binary = find_binary()
     require("livekit-server", binary is not None, HOW_TO_GET)
     assert binary is not None
-    workdir = tmp_path_factory.mktemp("e2e")
     app_port = free_port()
     livekit = LiveKitServer(
         binary,
         f"http://127.0.0.1:{app_port}/livekit/webhook",
-        empty_timeout=5,
+        empty_timeout=empty_timeout,
         departure_timeout=2,
         log_path=workdir / "livekit.log",
     )
-    app = ServerProcess(workdir, SERVER_PORT=str(app_port))
+    app = ServerProcess(workdir, SERVER_PORT=str(app_port), **env)
     try:
         livekit.start()  # first: it picks its ports, and the app is told its URL
         app.env["LIVEKIT_URL"] = livekit.url
@@ -48,6 +50,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProc
     finally:
         livekit.stop()
         app.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, LiveKitServer]]:
+    with livekit_with_app(tmp_path_factory.mktemp("e2e"), empty_timeout=5) as started:
+        yield started
 
 
 def open_page(browser: Any, url: str) -> Any:
