@@ -49,14 +49,56 @@ class DirectoryListener(Protocol):
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
 
+@dataclass(slots=True)
+class Participant:
+    """One participant of a room. From a webhook it keeps the event's object and is
+    shaped only when someone reads it: protobuf's JSON parse takes 15-60 us, and every
+    worker applies every event, mostly while no panel is open."""
+
+    identity: str
+    sid: str
+    data: Any = None  # the event's participant object, until shaped
+    shape: JsonObject | None = None
+
+    @classmethod
+    def shaped(cls, shape: JsonObject) -> Participant:
+        return cls(shape["identity"], shape["sid"], shape=shape)
+
+    def json(self) -> JsonObject:
+        if self.shape is None:
+            parsed = parse_participant(self.data)
+            if parsed is None:  # signed by LiveKit but not its shape: who it is, no more
+                parsed = ParticipantInfo(identity=self.identity, sid=self.sid)
+            self.shape, self.data = participant_json(parsed), None
+        return self.shape
+
+
+def _who(data: Any) -> tuple[str, str] | None:
+    """(identity, sid) of an event's participant object, None when it is not one."""
+    if not isinstance(data, dict):
+        return None
+    identity, sid = data.get("identity", ""), data.get("sid", "")
+    if not isinstance(identity, str) or not isinstance(sid, str):
+        return None
+    return identity, sid
+
+
 @dataclass
 class DirectoryRoom:
     info: JsonObject
-    participants: dict[str, JsonObject] = field(default_factory=dict)
+    participants: dict[str, Participant] = field(default_factory=dict)
+
+    @classmethod
+    def listed(cls, info: JsonObject, shapes: dict[str, JsonObject]) -> DirectoryRoom:
+        return cls(info, {identity: Participant.shaped(shape) for identity, shape in shapes.items()})
 
     def json(self) -> JsonObject:
-        participants = sorted(self.participants.values(), key=lambda p: (p["joinedAt"] or 0, p["identity"]))
-        return {**self.info, "numParticipants": len(participants), "participants": participants}
+        shapes = [participant.json() for participant in self.participants.values()]
+        shapes.sort(key=lambda p: (p["joinedAt"] or 0, p["identity"]))
+        return {**self.info, "numParticipants": len(shapes), "participants": shapes}
+
+    def shapes(self) -> dict[str, JsonObject]:
+        return {identity: participant.json() for identity, participant in self.participants.items()}
 
 
 class RoomDirectory:
@@ -251,50 +293,53 @@ class RoomDirectory:
         return True
 
     def _participant_joined(self, name: str, event: JsonObject, replaying: bool) -> bool:
-        participant = parse_participant(event.get("participant"))
-        if participant is None or not participant.identity or participant.sid in self._departed:
+        data = event.get("participant")
+        who = _who(data)
+        if who is None or not who[0] or who[1] in self._departed:
             return False
+        identity, sid = who
         if name not in self.rooms and not replaying:
             self.request_reconcile(f"a participant joined room {name!r}, whose start was not seen")
-        self._room(name, event["room"]).participants[participant.identity] = participant_json(participant)
+        self._room(name, event["room"]).participants[identity] = Participant(identity, sid, data)
         if self.on_participant is not None and not replaying:
-            self.on_participant(name, participant.identity, participant.sid)
+            self.on_participant(name, identity, sid)
         return True
 
     def _participant_left(self, name: str, participant_data: Any) -> bool:
-        participant = parse_participant(participant_data)
-        if participant is None:
+        who = _who(participant_data)
+        if who is None:
             return False
-        if participant.sid:
-            self._departed[participant.sid] = None
+        identity, sid = who
+        if sid:
+            self._departed[sid] = None
             while len(self._departed) > REMEMBERED_DEPARTURES:
                 self._departed.popitem(last=False)
         room = self.rooms.get(name)
-        known = room.participants.get(participant.identity) if room else None
+        known = room.participants.get(identity) if room else None
         if room is None or known is None:
             return False
-        if participant.sid and known["sid"] and participant.sid != known["sid"]:
+        if sid and known.sid and sid != known.sid:
             return False  # an earlier session of that identity
-        del room.participants[participant.identity]
+        del room.participants[identity]
         return True
 
     def _track_changed(self, name: str, event: JsonObject, unpublished: bool, replaying: bool) -> bool:
-        participant = parse_participant(event.get("participant"))
+        who = _who(event.get("participant"))
         track = parse_track(event.get("track"))
-        if participant is None or track is None or not track.sid:
+        if who is None or track is None or not track.sid:
             return False
+        identity = who[0]
         room = self.rooms.get(name)
-        known = room.participants.get(participant.identity) if room else None
+        known = room.participants.get(identity) if room else None
         if known is None:
             if not unpublished and not replaying:
-                self.request_reconcile(
-                    f"a track of {participant.identity!r} in {name!r}, who was not seen joining"
-                )
+                self.request_reconcile(f"a track of {identity!r} in {name!r}, who was not seen joining")
             return False
-        tracks = [t for t in known["tracks"] if t["sid"] != track.sid]
+        shape = known.json()
+        tracks = [t for t in shape["tracks"] if t["sid"] != track.sid]
         if not unpublished:
             tracks.append(participant_json(ParticipantInfo(tracks=[track]))["tracks"][0])
-        known["tracks"] = tracks
+        shape["tracks"] = tracks
         return True
 
     def _participant_updated(self, name: str, participant_data: Any) -> bool:
@@ -302,7 +347,7 @@ class RoomDirectory:
         room = self.rooms.get(name)
         if participant is None or room is None or participant.identity not in room.participants:
             return False
-        room.participants[participant.identity] = participant_json(participant)
+        room.participants[participant.identity] = Participant.shaped(participant_json(participant))
         return True
 
     # Reconciling with RoomService.
@@ -355,7 +400,7 @@ class RoomDirectory:
         if self.on_listing is not None:
             self.on_listing(
                 {
-                    name: {identity: person["sid"] for identity, person in room.participants.items()}
+                    name: {identity: person.sid for identity, person in room.participants.items()}
                     for name, room in self.rooms.items()
                 }
             )
@@ -378,7 +423,8 @@ class RoomDirectory:
                 batches.clear()
                 adopted_asked_at = asked_at
                 self._adopt(
-                    {name: DirectoryRoom(info, people) for name, (info, people) in rooms.items()}, during
+                    {name: DirectoryRoom.listed(info, people) for name, (info, people) in rooms.items()},
+                    during,
                 )
                 self._set_status(status["ok"], status["error"])
                 self.status["reconciledAt"] = status["reconciledAt"]
@@ -402,7 +448,7 @@ class RoomDirectory:
 
         listed = await asyncio.gather(*(participants_of(room.name) for room in rooms))
         return {
-            room.name: DirectoryRoom(
+            room.name: DirectoryRoom.listed(
                 room_json(room),
                 {
                     participant.identity: participant_json(participant)

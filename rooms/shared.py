@@ -63,7 +63,7 @@ class DirectoryShare:
             "written": self._written,
             "askedAt": asked_at,
             "status": status,
-            "rooms": {name: [room.info, room.participants] for name, room in rooms.items()},
+            "rooms": {name: [room.info, room.shapes()] for name, room in rooms.items()},
         }
         _write(self._listing, orjson.dumps(listing))
 

@@ -18,7 +18,7 @@ from eventlog import open_event_log
 from ground.config import Config
 from rooms import Rooms
 from rooms.bans import REDIS_CONNECTIONS, BansUnavailable, RedisBans
-from rooms.directory import DirectoryRoom
+from rooms.directory import DirectoryRoom, Participant
 from rooms.livekit import open_rooms_livekit_api
 from tests.conftest import run_async
 
@@ -49,7 +49,10 @@ def test_a_reconcile_of_thousands_reads_each_rooms_bans_once(
             rooms.directory.rooms = {
                 f"room-{r}": DirectoryRoom(
                     {"name": f"room-{r}"},
-                    {f"person-{p}": {"sid": f"PA_{r}_{p}"} for p in range(PARTICIPANTS_PER_ROOM)},
+                    {
+                        f"person-{p}": Participant(f"person-{p}", f"PA_{r}_{p}")
+                        for p in range(PARTICIPANTS_PER_ROOM)
+                    },
                 )
                 for r in range(ROOMS)
             }

@@ -544,10 +544,10 @@ def test_the_directory_follows_events_in_any_order(tmp_path: Path, memory_event_
     }
     # This server's own admin events change it too (LiveKit sends no webhook for a mute).
     directory.apply(event("admin.track_muted", participant=person("alice", "PA_a1"), track=microphone(True)))
-    assert directory.rooms["R"].participants["alice"]["tracks"][0]["muted"] is True
+    assert directory.rooms["R"].participants["alice"].json()["tracks"][0]["muted"] is True
     updated = person("alice", "PA_a1", permission={"canSubscribe": True}, metadata="host")
     directory.apply(event("admin.participant_updated", participant=updated))
-    assert directory.rooms["R"].participants["alice"]["metadata"] == "host"
+    assert directory.rooms["R"].participants["alice"].json()["metadata"] == "host"
 
     # Out of order: bob's leave arrives before his join; the join, late, is not believed.
     directory.apply(event("participant_left", participant=person("bob", "PA_b1")))
@@ -583,4 +583,30 @@ def test_the_directory_asks_livekit_soon_when_an_event_shows_a_gap(memory_event_
     directory._reconcile_soon.clear()
     directory.apply(event("participant_joined", room="S", participant=person("dan", "PA_d")))
     assert directory._reconcile_soon.is_set()  # room S's start was never seen
-    assert directory.rooms["S"].participants["dan"]["identity"] == "dan"
+    assert directory.rooms["S"].participants["dan"].json()["identity"] == "dan"
+
+
+def test_the_directory_shapes_a_participant_when_read_and_keeps_one_it_cannot_shape(
+    memory_event_log: Any,
+) -> None:
+    from rooms.directory import RoomDirectory
+
+    directory = RoomDirectory(Config(), memory_event_log, None)
+    directory.apply(event("room_started"))
+    directory.apply(event("participant_joined", participant=person("alice", "PA_a", name="Alice")))
+    # A joined participant's object is parsed only when someone reads the room.
+    assert directory.rooms["R"].participants["alice"].shape is None
+    shown = directory.rooms["R"].json()["participants"]
+    assert [(p["identity"], p["sid"], p["name"], p["state"]) for p in shown] == [
+        ("alice", "PA_a", "Alice", "ACTIVE")
+    ]
+    # One LiveKit signed but that does not parse as a participant (its state a list):
+    # in the room all the same, with who it is and nothing else.
+    directory.apply(
+        event("participant_joined", participant=person("bob", "PA_b", state=["ACTIVE"], name="Bob"))
+    )
+    bob = next(p for p in directory.rooms["R"].json()["participants"] if p["identity"] == "bob")
+    assert (bob["sid"], bob["name"], bob["state"]) == ("PA_b", "", "JOINING")
+    # Who it is still counts: bob's leave removes him.
+    directory.apply(event("participant_left", participant=person("bob", "PA_b")))
+    assert set(directory.rooms["R"].participants) == {"alice"}
