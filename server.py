@@ -45,7 +45,7 @@ from handlers.support.token_rules import BUILT_IN
 from handlers.support.worker_figures import WorkerFigures
 from rooms import Rooms
 from rooms.livekit import open_extensions_livekit_api, open_rooms_livekit_api
-from workers import Supervisor
+from workers import Supervisor, hold_to_one_core
 
 log = logging.getLogger("server")
 
@@ -161,13 +161,13 @@ def run() -> None:
     shared_dir = tempfile.mkdtemp(
         prefix="livekit-app-", dir=SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else None
     )
-    supervisor = Supervisor(
-        config.workers,
-        lambda worker, ready: serve(
-            config, extensions, Worker(worker, own_sockets(sockets, worker), ready, shared_dir)
-        ),
-        f"sharing {shared_dir}",
-    )
+
+    def serve_worker(worker: int, ready: Callable[[], None]) -> int:
+        if config.workers_pinned:
+            hold_to_one_core(worker)
+        return serve(config, extensions, Worker(worker, own_sockets(sockets, worker), ready, shared_dir))
+
+    supervisor = Supervisor(config.workers, serve_worker, f"sharing {shared_dir}")
     try:
         code = supervisor.run()
     finally:

@@ -31,6 +31,20 @@ READY_SECONDS = 60.0
 Serve = Callable[[int, Callable[[], None]], int]
 
 
+def hold_to_one_core(worker: int) -> None:
+    """Keep this worker (and the threads it will start) on one of the cores the server may
+    use, worker i on the i-th, round robin, as nginx's `worker_cpu_affinity auto` does: a
+    worker's event loop and its store threads hand work to each other many times a
+    request, and on one core that costs far less than across two (docs/decisions.md)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    try:
+        os.sched_setaffinity(0, {cores[worker % len(cores)]})
+    except OSError as error:  # a cpuset that changed under us: serve unpinned
+        log.warning("worker %d could not be held to one core, runs on any: %s", worker, error)
+
+
 class Supervisor:
     def __init__(self, count: int, serve: Serve, about: str = "") -> None:
         self.count = count

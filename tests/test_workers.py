@@ -219,6 +219,39 @@ def worker_pids(parent: int) -> list[int]:
 
 
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_each_worker_is_held_to_one_core_round_robin_unless_told_not_to(
+    server_process: Any, workers: int
+) -> None:
+    server = started(server_process(WORKERS=str(workers)), workers)
+    assert server.process is not None
+    cores = sorted(os.sched_getaffinity(server.process.pid))  # the parent keeps them all
+    first = sorted(worker_pids(server.process.pid), key=started_at)  # worker 0 starts first
+    assert len(first) == workers
+    for worker, pid in enumerate(first):  # every thread of it: the store's too
+        assert cores_of(pid) == {frozenset({cores[worker % len(cores)]})}, (worker, cores_of(pid))
+    # The replacement of the last worker is held to that worker's core.
+    os.kill(first[-1], signal.SIGKILL)
+    assert workers_seen(server.url, workers) == {str(n) for n in range(workers)}
+    [replacement] = set(worker_pids(server.process.pid)) - set(first)
+    assert cores_of(replacement) == {frozenset({cores[(workers - 1) % len(cores)]})}
+    server.stop()
+
+    free = started(server_process(WORKERS=str(workers), WORKERS_PINNED="false"), workers)
+    assert free.process is not None
+    assert all(cores_of(pid) == {frozenset(cores)} for pid in worker_pids(free.process.pid))
+
+
+def cores_of(pid: int) -> set[frozenset[int]]:
+    """The CPU affinity of each of a process's threads."""
+    return {frozenset(os.sched_getaffinity(int(task.name))) for task in Path(f"/proc/{pid}/task").iterdir()}
+
+
+def started_at(pid: int) -> int:
+    """When a process started, in clock ticks since boot (proc(5), field 22)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
 def test_a_killed_worker_is_replaced_and_logged(server_process: Any, workers: int) -> None:
     server = started(server_process(WORKERS=str(workers), LOG_LEVEL="INFO"), workers)
     assert server.process is not None
