@@ -45,7 +45,7 @@ from handlers.support.token_rules import BUILT_IN
 from handlers.support.worker_figures import WorkerFigures
 from rooms import Rooms
 from rooms.livekit import open_extensions_livekit_api, open_rooms_livekit_api
-from workers import Supervisor, hold_to_one_core
+from workers import Supervisor, hold_to_one_core, pins_workers
 
 log = logging.getLogger("server")
 
@@ -162,8 +162,10 @@ def run() -> None:
         prefix="livekit-app-", dir=SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else None
     )
 
+    pinned = pins_workers(config)
+
     def serve_worker(worker: int, ready: Callable[[], None]) -> int:
-        if config.workers_pinned:
+        if pinned:
             hold_to_one_core(worker)
         return serve(config, extensions, Worker(worker, own_sockets(sockets, worker), ready, shared_dir))
 

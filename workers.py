@@ -17,6 +17,8 @@ import signal
 import time
 from collections.abc import Callable
 
+from ground.config import Config
+
 log = logging.getLogger("server")
 
 # A worker that dies this soon after it started is not restarted at once: a crash loop
@@ -29,6 +31,15 @@ READY_SECONDS = 60.0
 # `serve(worker, ready)`: runs one worker to its end and returns its exit code; calls
 # `ready()` once it accepts connections.
 Serve = Callable[[int, Callable[[], None]], int]
+
+
+def pins_workers(config: Config) -> bool:
+    """WORKERS_PINNED: `auto` pins when there is one worker per core the server may use
+    (what WORKERS=auto makes): fewer would all land on the first cores, more would share
+    cores they could never leave."""
+    if config.workers_pinned == "auto":
+        return hasattr(os, "sched_getaffinity") and config.workers == len(os.sched_getaffinity(0))
+    return config.workers_pinned == "true"
 
 
 def hold_to_one_core(worker: int) -> None:

@@ -5,8 +5,9 @@ it with wrk for PROFILE_SECONDS (default 5) on each of /token and webhook ingest
 with SIGTERM (the profile is written on the way out) and prints the functions with the
 most time of their own and the most time with what they call. PROFILE_ONLY=token or
 PROFILE_ONLY=webhooks profiles one; PROFILE_ENV='WORKERS=2 X=y' passes settings. With
-WORKERS > 1 nothing is pinned (the workers share the cores with wrk, as in the unpinned
-bench) and the printed profile is every worker's, added up.
+WORKERS > 1 the harness pins nothing (the workers share the cores with wrk, as in the
+unpinned bench; each worker holds itself to a core when WORKERS_PINNED says so) and the
+printed profile is every worker's, added up.
 """
 
 from __future__ import annotations

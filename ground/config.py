@@ -266,7 +266,7 @@ class Config:
     server_port: int = setting(6080, integer(1, 65535))
     server_host: str = setting("", text)
     workers: int = setting(1, _workers)
-    workers_pinned: bool = setting(True, _flag)
+    workers_pinned: str = setting("auto", choice("auto", "true", "false"))
     max_connections: int = setting(0, integer(0))  # 0: derived from the open-file limit at start-up
     idle_timeout: timedelta = setting(timedelta(seconds=10), _duration)
     body_timeout: timedelta = setting(timedelta(seconds=30), _duration)

@@ -66,7 +66,11 @@ class Participant:
 
     def json(self) -> JsonObject:
         if self.shape is None:
-            parsed = parse_participant(self.data)
+            try:
+                parsed = parse_participant(self.data)
+            except Exception:  # read on every snapshot: a failure would come back each time
+                log.exception("rooms: could not shape participant %r", self.identity)
+                parsed = None
             if parsed is None:  # signed by LiveKit but not its shape: who it is, no more
                 parsed = ParticipantInfo(identity=self.identity, sid=self.sid)
             self.shape, self.data = participant_json(parsed), None
@@ -386,10 +390,13 @@ class RoomDirectory:
 
     def _adopt(self, listing: dict[str, DirectoryRoom], during: list[JsonObject]) -> None:
         """RoomService's rooms, with the events applied while it was being asked on top."""
-        before = {name: room.json() for name, room in self.rooms.items()}
+        # What changed is for the panels; with none open, no participant is shaped for it.
+        before = {name: room.json() for name, room in self.rooms.items()} if self._listeners else {}
         self.rooms = listing
         for event in during:
             self.apply(event, replaying=True)
+        if not self._listeners:
+            return
         for name in sorted(set(before) | set(self.rooms)):
             room = self.rooms.get(name)
             if room is None or before.get(name) != room.json():

@@ -109,7 +109,10 @@ class DirectoryShare:
             return None
         self._seen_listing = changed
         try:
-            rooms = {name: (dict(info), dict(people)) for name, (info, people) in listing["rooms"].items()}
+            rooms = {
+                name: (dict(info), {identity: _shape(person) for identity, person in people.items()})
+                for name, (info, people) in listing["rooms"].items()
+            }
             status = {key: listing["status"][key] for key in ("ok", "error", "reconciledAt")}
             asked_at = float(listing["askedAt"])
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -118,6 +121,13 @@ class DirectoryShare:
             )
             return None
         return rooms, status, asked_at
+
+
+def _shape(person: Any) -> dict[str, Any]:
+    """A participant's shape in a listing: it says who, or the listing is not one."""
+    if not isinstance(person.get("identity"), str) or not isinstance(person.get("sid"), str):
+        raise TypeError("a participant without identity or sid")
+    return dict(person)
 
 
 def _write(path: str, data: bytes) -> None:

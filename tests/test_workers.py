@@ -4,6 +4,7 @@ like one server (issue 21). Real processes: `python server.py` with WORKERS=2 an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import http.server
 import json
@@ -219,10 +220,8 @@ def worker_pids(parent: int) -> list[int]:
 
 
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
-def test_each_worker_is_held_to_one_core_round_robin_unless_told_not_to(
-    server_process: Any, workers: int
-) -> None:
-    server = started(server_process(WORKERS=str(workers)), workers)
+def test_pinned_workers_are_each_held_to_one_core_round_robin(server_process: Any, workers: int) -> None:
+    server = started(server_process(WORKERS=str(workers), WORKERS_PINNED="true"), workers)
     assert server.process is not None
     cores = sorted(os.sched_getaffinity(server.process.pid))  # the parent keeps them all
     first = sorted(worker_pids(server.process.pid), key=started_at)  # worker 0 starts first
@@ -234,16 +233,33 @@ def test_each_worker_is_held_to_one_core_round_robin_unless_told_not_to(
     assert workers_seen(server.url, workers) == {str(n) for n in range(workers)}
     [replacement] = set(worker_pids(server.process.pid)) - set(first)
     assert cores_of(replacement) == {frozenset({cores[(workers - 1) % len(cores)]})}
-    server.stop()
 
-    free = started(server_process(WORKERS=str(workers), WORKERS_PINNED="false"), workers)
-    assert free.process is not None
-    assert all(cores_of(pid) == {frozenset(cores)} for pid in worker_pids(free.process.pid))
+
+def test_workers_are_pinned_by_default_only_when_there_is_one_per_core(server_process: Any) -> None:
+    cores = os.sched_getaffinity(0)
+    if len(cores) < 2:
+        pytest.skip("WORKERS=auto on one core is one worker, which is never pinned")
+    one_each = started(server_process(WORKERS="auto"), len(cores))
+    assert one_each.process is not None
+    held = [cores_of(pid) for pid in worker_pids(one_each.process.pid)]
+    assert all(len(affinity) == 1 and len(next(iter(affinity))) == 1 for affinity in held), held
+    assert set().union(*held) == {frozenset({core}) for core in cores}  # a core each
+    one_each.stop()
+    for count, pinned in ((len(cores) + 1, "auto"), (len(cores), "false")):
+        settings = {"WORKERS": str(count), "WORKERS_PINNED": pinned}
+        free = started(server_process(**settings), count)
+        assert free.process is not None
+        assert all(cores_of(pid) == {frozenset(cores)} for pid in worker_pids(free.process.pid)), settings
+        free.stop()
 
 
 def cores_of(pid: int) -> set[frozenset[int]]:
-    """The CPU affinity of each of a process's threads."""
-    return {frozenset(os.sched_getaffinity(int(task.name))) for task in Path(f"/proc/{pid}/task").iterdir()}
+    """The CPU affinity of each of a process's threads (a thread that just ended, passed over)."""
+    affinities = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            affinities.add(frozenset(os.sched_getaffinity(int(task.name))))
+    return affinities
 
 
 def started_at(pid: int) -> int:
@@ -692,6 +708,9 @@ def test_a_listing_that_does_not_read_as_one_is_passed_over(tmp_path: Path) -> N
         "[]",
         '{"rooms": {"a": 1}, "status": {}}',
         '{"rooms": {}, "status": {"ok": true}}',
+        # Whole but for one participant that does not say who it is.
+        '{"askedAt": 1, "status": {"ok": true, "error": "", "reconciledAt": 1},'
+        ' "rooms": {"a": [{"name": "a"}, {"x": {"identity": "x"}}]}}',
     ]:
         (tmp_path / LISTING_FILE).unlink(missing_ok=True)
         (tmp_path / LISTING_FILE).write_text(text)
