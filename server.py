@@ -161,7 +161,6 @@ def run() -> None:
     shared_dir = tempfile.mkdtemp(
         prefix="livekit-app-", dir=SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else None
     )
-
     pinned = pins_workers(config)
 
     def serve_worker(worker: int, ready: Callable[[], None]) -> int:
@@ -169,7 +168,8 @@ def run() -> None:
             hold_to_one_core(worker)
         return serve(config, extensions, Worker(worker, own_sockets(sockets, worker), ready, shared_dir))
 
-    supervisor = Supervisor(config.workers, serve_worker, f"sharing {shared_dir}")
+    about = f"sharing {shared_dir}" + ("; each held to a core of its own" if pinned else "")
+    supervisor = Supervisor(config.workers, serve_worker, about)
     try:
         code = supervisor.run()
     finally:

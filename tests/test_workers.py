@@ -244,12 +244,14 @@ def test_workers_are_pinned_by_default_only_when_there_is_one_per_core(server_pr
     held = [cores_of(pid) for pid in worker_pids(one_each.process.pid)]
     assert all(len(affinity) == 1 and len(next(iter(affinity))) == 1 for affinity in held), held
     assert set().union(*held) == {frozenset({core}) for core in cores}  # a core each
+    assert "each held to a core of its own" in one_each.log_text()
     one_each.stop()
     for count, pinned in ((len(cores) + 1, "auto"), (len(cores), "false")):
         settings = {"WORKERS": str(count), "WORKERS_PINNED": pinned}
         free = started(server_process(**settings), count)
         assert free.process is not None
         assert all(cores_of(pid) == {frozenset(cores)} for pid in worker_pids(free.process.pid)), settings
+        assert "held to a core" not in free.log_text()
         free.stop()
 
 
