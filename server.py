@@ -168,7 +168,7 @@ def run() -> None:
             hold_to_one_core(worker)
         return serve(config, extensions, Worker(worker, own_sockets(sockets, worker), ready, shared_dir))
 
-    about = f"sharing {shared_dir}" + ("; each held to a core of its own" if pinned else "")
+    about = ("each held to a core of its own; " if pinned else "") + f"sharing {shared_dir}"
     supervisor = Supervisor(config.workers, serve_worker, about)
     try:
         code = supervisor.run()
