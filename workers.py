@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from ground.config import Config
+from ground.config import Config, usable_cores
 
 log = logging.getLogger("server")
 
@@ -38,7 +38,7 @@ def pins_workers(config: Config) -> bool:
     (what WORKERS=auto makes): fewer would all land on the first cores, more would share
     cores they could never leave."""
     if config.workers_pinned == "auto":
-        return hasattr(os, "sched_getaffinity") and config.workers == len(os.sched_getaffinity(0))
+        return config.workers == usable_cores()
     return config.workers_pinned == "true"
 
 

@@ -92,13 +92,15 @@ def _duration(raw: str, name: str) -> timedelta:
 MAX_WORKERS = 64
 
 
+def usable_cores() -> int:
+    """How many cores this process may run on (its CPU affinity, where there is one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _workers(raw: str, name: str) -> int:
     """A number of worker processes, or `auto`: one per core this process may run on."""
     if raw.strip().lower() == "auto":
-        return min(
-            MAX_WORKERS,
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-        )
+        return min(MAX_WORKERS, usable_cores())
     return integer(1, MAX_WORKERS)(raw, name)
 
 
