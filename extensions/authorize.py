@@ -130,11 +130,23 @@ class Grant:
         the order of its fields (a dataclass keeps them in that order)."""
         self.video.room_join = True
         self.video.room = self.room
-        return {
-            _VIDEO_CLAIMS[name]: value
-            for name, value in vars(self.video).items()
-            if value is not None and value != "" and name in _VIDEO_CLAIMS
-        }
+        fields = vars(self.video)
+        if self.room and fields == {**_UNCHANGED_VIDEO, "room": self.room}:
+            return {**_UNCHANGED_VIDEO_CLAIM, "room": self.room}  # most grants: a copy, not a walk
+        return _video_claim(fields)
+
+
+def _video_claim(fields: dict[str, object]) -> dict[str, object]:
+    return {
+        _VIDEO_CLAIMS[name]: value
+        for name, value in fields.items()
+        if value is not None and value != "" and name in _VIDEO_CLAIMS
+    }
+
+
+# VideoGrants as no step changed them, and their claim (its "room" replaced in each copy).
+_UNCHANGED_VIDEO = vars(VideoGrants(room_join=True))
+_UNCHANGED_VIDEO_CLAIM = _video_claim({**_UNCHANGED_VIDEO, "room": "?"})
 
 
 class Refuse(Exception):  # read as a verb: `raise Refuse(403, "...")`

@@ -74,9 +74,10 @@ class TokenHandler(Handler):
         shape (both required), anything else LiveKit's standard endpoint shape (every field
         optional). Types and characters are checked here; what is allowed, by the chain."""
         request = self.request
+        headers = request.headers
         common: dict[str, Any] = {
-            "headers": request.headers,
-            "cookies": Cookies(request.headers.get("Cookie", "")),
+            "headers": headers,
+            "cookies": Cookies(headers["Cookie"] if "Cookie" in headers else ""),
             "remote_ip": request.remote_ip or "",
             "app": self.app_context,
         }

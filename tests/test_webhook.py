@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import sqlite3
+import time
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from livekit.api import TokenVerifier, WebhookReceiver
 from tornado.websocket import websocket_connect
@@ -149,23 +153,61 @@ async def test_store_failure_is_503_and_nothing_is_broadcast(
     socket.close()
 
 
-@pytest.mark.parametrize("body_kind", ["valid", "tampered", "wrong secret", "expired"])
-def test_verifier_agrees_with_livekit_webhook_receiver(body_kind: str) -> None:
+def _claims_token(body: bytes, **changes: Any) -> str:
+    """A webhook token as LiveKit signs one, with claims or header fields changed (None: left out)."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sha256": base64.b64encode(hashlib.sha256(body).digest()).decode(),
+        "iss": API_KEY,
+        "nbf": now,
+        "exp": now + 300,
+    }
+    header = {"alg": "HS256", "typ": "JWT"}
+    for name, value in changes.items():
+        target = header if name in header else claims
+        if value is None:
+            target.pop(name, None)
+        else:
+            target[name] = value
+    algorithm = header.pop("alg")
+    return jwt.encode(claims, API_SECRET, algorithm=algorithm, headers=header)
+
+
+TOKENS: dict[str, Any] = {
+    "valid": lambda body: sign(body),
+    "tampered": lambda body: sign(body + b" "),
+    "wrong secret": lambda body: sign(body, secret="not-the-secret-" + "x" * 32),
+    "expired": lambda body: sign(body, ttl=timedelta(minutes=-5)),
+    "expired within the leeway": lambda body: _claims_token(body, exp=int(time.time()) - 30),
+    "not valid yet": lambda body: _claims_token(body, nbf=int(time.time()) + 600),
+    "no exp": lambda body: _claims_token(body, exp=None),
+    "another issuer": lambda body: _claims_token(body, iss="not-our-key"),
+    "no issuer": lambda body: _claims_token(body, iss=None),
+    "HS512": lambda body: _claims_token(body, alg="HS512"),
+    "alg none": lambda body: jwt.encode({"iss": API_KEY, "exp": int(time.time()) + 300}, None, algorithm="none"),
+    "sha256 not a string": lambda body: _claims_token(body, sha256=12),
+    "no sha256": lambda body: _claims_token(body, sha256=None),
+    "two segments": lambda body: sign(body).rsplit(".", 1)[0],
+    "junk": lambda body: "not a token at all",
+}
+ACCEPTED = {"valid", "expired within the leeway"}
+
+
+@pytest.mark.parametrize("token_kind", TOKENS)
+def test_verifier_agrees_with_livekit_webhook_receiver(token_kind: str) -> None:
     body = json.dumps(webhook_event()).encode()
-    secret = "not-the-secret" if body_kind == "wrong secret" else API_SECRET
-    ttl = timedelta(minutes=-5) if body_kind == "expired" else timedelta(minutes=5)
-    token = sign(body, secret=secret, ttl=ttl)
-    sent = body + b" " if body_kind == "tampered" else body
+    token = TOKENS[token_kind](body)
     ours = livekit = True
     try:
-        WebhookVerifier(API_KEY, API_SECRET).verify(sent, token)
-    except Exception:
+        WebhookVerifier(API_KEY, API_SECRET).verify(body, token)
+    except ApiError as refusal:
+        assert refusal.status_code == 401
         ours = False
     try:
-        WebhookReceiver(TokenVerifier(API_KEY, API_SECRET)).receive(sent.decode(), token)
+        WebhookReceiver(TokenVerifier(API_KEY, API_SECRET)).receive(body.decode(), token)
     except Exception:
         livekit = False
-    assert ours == livekit == (body_kind == "valid")
+    assert ours == livekit == (token_kind in ACCEPTED)
 
 
 @pytest.mark.gen_test
