@@ -181,7 +181,7 @@ async def run_chain(steps: tuple[Step, ...], request: TokenRequest, grant: Grant
     """Each step in order, each given the previous one's grant. Refuse passes through."""
     for step in steps:
         result = step.function(request, grant)
-        if inspect.isawaitable(result):
+        if not isinstance(result, Grant) and inspect.isawaitable(result):
             result = await result
         if not isinstance(result, Grant):
             raise AuthorizeError(

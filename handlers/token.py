@@ -22,7 +22,7 @@ from extensions.authorize import AuthorizeError, Cookies, Grant, Refuse, Step, T
 from ground.config import Config
 from ground.errors import ApiError
 from ground.logsafe import quoted
-from handlers.support.base import Handler, Route
+from handlers.support.base import Handler, Route, header
 from handlers.support.ratelimit import RateLimiter, SharedRateLimiter
 from handlers.support.token_rules import check_grant, identifier, text
 
@@ -74,10 +74,9 @@ class TokenHandler(Handler):
         shape (both required), anything else LiveKit's standard endpoint shape (every field
         optional). Types and characters are checked here; what is allowed, by the chain."""
         request = self.request
-        headers = request.headers
         common: dict[str, Any] = {
-            "headers": headers,
-            "cookies": Cookies(headers["Cookie"] if "Cookie" in headers else ""),
+            "headers": request.headers,
+            "cookies": Cookies(header(request.headers, "Cookie") or ""),
             "remote_ip": request.remote_ip or "",
             "app": self.app_context,
         }

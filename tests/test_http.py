@@ -4,6 +4,7 @@ floods under a low open-file limit, idle and slow senders, HEAD checks, odd stat
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from tornado.websocket import websocket_connect
 
+from handlers.support import base as base_module
 from tests.conftest import events_url, post_webhook, run_async, webhook_event
 
 TOKEN_BODY = b'{"roomName":"R","participantName":"alice"}'
@@ -307,3 +309,25 @@ async def test_head_answers_like_get_without_a_body(http_client: Any, base_url: 
     assert head.body == b""
     assert head.headers["Content-Type"] == got.headers["Content-Type"]
     assert int(head.headers["Content-Length"]) == len(got.body)
+
+
+# 18. The headers every answer of the server's own handlers carries
+
+
+@pytest.mark.gen_test
+async def test_answers_carry_the_current_date_and_the_server_headers(
+    http_client: Any, base_url: str, monkeypatch: Any
+) -> None:
+    response = await http_client.fetch(
+        base_url + "/token", method="POST", body=TOKEN_BODY, headers={"Content-Type": "application/json"}
+    )
+    sent = email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp()
+    assert abs(sent - time.time()) < 5
+    assert response.headers["Server"].startswith("TornadoServer/")
+    assert response.headers["Cache-Control"] == "no-store"
+    assert int(response.headers["Content-Length"]) == len(response.body)
+    # The Date text is kept for the second it was made in, and made again for the next.
+    now = time.time()
+    monkeypatch.setattr(base_module.time, "time", lambda: now + 3600)
+    later = await http_client.fetch(base_url + "/healthz")
+    assert email.utils.parsedate_to_datetime(later.headers["Date"]).timestamp() == int(now + 3600)

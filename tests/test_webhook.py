@@ -184,7 +184,9 @@ TOKENS: dict[str, Any] = {
     "another issuer": lambda body: _claims_token(body, iss="not-our-key"),
     "no issuer": lambda body: _claims_token(body, iss=None),
     "HS512": lambda body: _claims_token(body, alg="HS512"),
-    "alg none": lambda body: jwt.encode({"iss": API_KEY, "exp": int(time.time()) + 300}, None, algorithm="none"),
+    "alg none": lambda body: jwt.encode(
+        {"iss": API_KEY, "exp": int(time.time()) + 300}, None, algorithm="none"
+    ),
     "sha256 not a string": lambda body: _claims_token(body, sha256=12),
     "no sha256": lambda body: _claims_token(body, sha256=None),
     "two segments": lambda body: sign(body).rsplit(".", 1)[0],

@@ -164,10 +164,9 @@ class Handler(Tracked):
         headers["Cache-Control"] = "no-store"
         headers["X-Content-Type-Options"] = "nosniff"
         self.cors_allowed = False
-        # `in` first: looking up a header that is not there raises and catches a KeyError.
-        if not self.cors_methods or "Origin" not in self.request.headers:
+        origin = header(self.request.headers, "Origin")
+        if not self.cors_methods or origin is None:
             return
-        origin = self.request.headers["Origin"]
         allowed = self.config.cors_allowed_origins
         if "*" in allowed:
             self.set_header("Access-Control-Allow-Origin", "*")
@@ -249,8 +248,11 @@ class Handler(Tracked):
     def write_json(self, payload: Any, status: int = 200) -> None:
         if status != 200:
             self.set_status(status)
-        self._headers["Content-Type"] = JSON_CONTENT_TYPE
-        self.finish(orjson.dumps(payload))
+        body = orjson.dumps(payload)
+        headers = self._headers
+        headers["Content-Type"] = JSON_CONTENT_TYPE
+        headers["Content-Length"] = str(len(body))  # else finish() counts and checks it again
+        self.finish(body)
 
 
 SERVER_HEADER = f"TornadoServer/{tornado.version}"
@@ -275,6 +277,12 @@ _http_date = _HttpDate()
 class NotFoundHandler(Handler):
     def prepare(self) -> None:
         raise ApiError(404, f"No such endpoint: {self.request.path}")
+
+
+def header(headers: HTTPHeaders, name: str) -> str | None:
+    """A request header, or None. `in` first: HTTPHeaders.get raises and catches a
+    KeyError for a header that is not there, the usual case for Origin and Cookie."""
+    return headers[name] if name in headers else None  # noqa: SIM401 (the point of this function)
 
 
 def is_number(text: str) -> bool:

@@ -19,7 +19,6 @@ from typing import Any
 import tornado.web
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection
-from tornado.ioloop import IOLoop
 
 from ground.connections import TIMER_SLACK_SECONDS
 from handlers.support.base import Tracked, is_number
@@ -49,7 +48,7 @@ class Application(tornado.web.Application):
         ):
             return delegate  # no body
         deadlines = self.settings.get("body_deadlines")
-        if deadlines is None or deadlines.io_loop is not IOLoop.current():
+        if deadlines is None or deadlines.loop is not asyncio.get_running_loop():
             timeout = self.settings["config"].body_timeout.total_seconds()
             deadlines = self.settings["body_deadlines"] = BodyDeadlines(timeout)
         if not issubclass(target_class, Tracked) or not target_class.max_body_bytes:
@@ -93,14 +92,14 @@ class BodyDeadlines:
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self.io_loop = IOLoop.current()
+        self.loop = asyncio.get_running_loop()
         self.pending: dict[BoundedBody, float] = {}
         self.timer: object | None = None
 
     def add(self, body: BoundedBody) -> None:
         self.pending[body] = time.monotonic() + self.timeout  # the loop's time() may jump
         if self.timer is None:
-            self.timer = self.io_loop.call_later(self.timeout, self.expire)
+            self.timer = self.loop.call_later(self.timeout, self.expire)
 
     def discard(self, body: BoundedBody) -> None:
         self.pending.pop(body, None)  # the timer stays: it finds nothing and stops
@@ -111,7 +110,7 @@ class BodyDeadlines:
         while self.pending:
             body, deadline = next(iter(self.pending.items()))
             if deadline - now > TIMER_SLACK_SECONDS:
-                self.timer = self.io_loop.call_later(deadline - now, self.expire)
+                self.timer = self.loop.call_later(deadline - now, self.expire)
                 return
             del self.pending[body]
             body.too_slow()
