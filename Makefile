@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 LIVEKIT_VERSION := v1.13.5
 LIVEKIT_BIN := tools/bin/livekit-server
 
-.PHONY: run run-lan caddy test lint unit setup setup-dev system-packages livekit bench profile soak screenshot clean python-path
+.PHONY: run run-lan caddy test lint unit setup setup-dev system-packages livekit bench instructions profile soak screenshot clean python-path
 
 run: setup
 	@$(PY) -m dev.run
@@ -112,6 +112,12 @@ bench: setup-dev bench/node_modules/.installed
 # Where our server spends its time under load (cProfile, or PROFILE_TOOL=py-spy): see bench/profile.py.
 profile: setup-dev
 	$(PY) -m bench.profile
+
+# Instructions a request, ours against bare Tornado, under valgrind: see bench/instructions.py.
+instructions: setup-dev
+	@command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; } || true
+	$(PY) -m bench.instructions
 
 bench/node_modules/.installed: bench/package.json bench/package-lock.json
 	cd bench && npm ci --no-audit --no-fund --loglevel=error

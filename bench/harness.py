@@ -52,6 +52,7 @@ class Server:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
     command: list[str] | None = None  # instead of the kind's own (bench/profile.py: under cProfile)
     cpu: str | None = SERVER_CPU  # None: not pinned, sharing every core with the load
+    startup_seconds: float = 30  # more under valgrind (bench/instructions.py)
 
     COMMANDS: ClassVar[dict[str, list[str]]] = {
         "ours": [sys.executable, str(PROJECT_DIR / "server.py")],
@@ -93,7 +94,7 @@ class Server:
                         return time.monotonic() - started
             except OSError:
                 pass
-            if self.process.poll() is not None or time.monotonic() - started > 30:
+            if self.process.poll() is not None or time.monotonic() - started > self.startup_seconds:
                 raise RuntimeError(
                     f"{self.kind} did not start: {(self.workdir / 'server.log').read_text()[-2000:]}"
                 )
