@@ -131,7 +131,11 @@ class Grant:
         self.video.room_join = True
         self.video.room = self.room
         fields = vars(self.video)
-        if self.room and fields == {**_UNCHANGED_VIDEO, "room": self.room}:
+        if (
+            self.room
+            and fields == {**_UNCHANGED_VIDEO, "room": self.room}
+            and tuple(map(type, fields.values())) == _UNCHANGED_TYPES  # 1 == True, but not in JSON
+        ):
             return {**_UNCHANGED_VIDEO_CLAIM, "room": self.room}  # most grants: a copy, not a walk
         return _video_claim(fields)
 
@@ -147,6 +151,7 @@ def _video_claim(fields: dict[str, object]) -> dict[str, object]:
 # VideoGrants as no step changed them, and their claim (its "room" replaced in each copy).
 _UNCHANGED_VIDEO = vars(VideoGrants(room_join=True))
 _UNCHANGED_VIDEO_CLAIM = _video_claim({**_UNCHANGED_VIDEO, "room": "?"})
+_UNCHANGED_TYPES = tuple(map(type, {**_UNCHANGED_VIDEO, "room": "?"}.values()))
 
 
 class Refuse(Exception):  # read as a verb: `raise Refuse(403, "...")`

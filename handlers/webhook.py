@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import time
 import warnings
 from collections.abc import Iterable
@@ -32,11 +33,13 @@ class WebhookVerifier:
     on the raw bytes of the body and with a constant-time comparison of the hash
     (WebhookReceiver takes a str and compares with `!=`).
 
-    The JWT is checked as livekit-api's TokenVerifier checks it: HS256 only, signed with
-    the secret of the key it names as issuer (`iss`), an `exp` required, WEBHOOK_LEEWAY of
-    clock skew. Several keys may sign (LIVEKIT_WEBHOOK_KEYS), so a LiveKit server's key can
-    be rotated. With joserfc, not TokenVerifier: PyJWT's decode and TokenVerifier's grants
-    were a quarter of a webhook's work (424k of 1.67M instructions; PyJWT looks at every
+    The JWT is checked by TokenVerifier's rules: HS256 only, signed with the secret of the
+    key it names as issuer (`iss`), an `exp` required, WEBHOOK_LEEWAY of clock skew.
+    Several keys may sign (LIVEKIT_WEBHOOK_KEYS), so a LiveKit server's key can be rotated.
+    Only the holder of a secret can sign a token, so claims TokenVerifier also looks at,
+    such as `aud` or the grants' shapes, are not checked here: a webhook uses none of them.
+    With joserfc, not TokenVerifier: PyJWT's decode and TokenVerifier's grants were a
+    quarter of a webhook's work (424k of 1.67M instructions; PyJWT looks at every
     character of each segment in Python), joserfc half of that."""
 
     def __init__(self, api_key: str, api_secret: str, more_keys: Iterable[tuple[str, str]] = ()) -> None:
@@ -58,7 +61,7 @@ class WebhookVerifier:
     def _issuer(self, token: str) -> str:
         if self._only is not None:
             return self._only  # the claims check refuses any other issuer
-        issuer = orjson.loads(extract_compact(token.encode()).payload).get("iss")
+        issuer = json.loads(extract_compact(token.encode()).payload).get("iss")  # as joserfc reads it
         if not isinstance(issuer, str) or issuer not in self._keys:
             raise InvalidClaimError("iss")  # not one of this server's API keys
         return issuer
@@ -72,8 +75,9 @@ class WebhookVerifier:
             claims = jwt.decode(token, self._keys[issuer], algorithms=["HS256"]).claims
             self._claims[issuer].validate(claims)
             claimed = base64.b64decode(claims.get("sha256") or "", validate=True)
-        except (JoseError, ValueError, TypeError, AttributeError):
-            # ValueError: not JSON, not base64; TypeError, AttributeError: JSON of the wrong shape.
+        except (JoseError, ValueError, TypeError, AttributeError, RecursionError):
+            # ValueError: not JSON, not base64; TypeError, AttributeError: JSON of the wrong
+            # shape; RecursionError: claims nested thousands deep (json's parser recurses).
             raise ApiError(401, "Webhook signature is not valid for this API key and secret") from None
         if not claimed or not hmac.compare_digest(hashlib.sha256(body).digest(), claimed):
             raise ApiError(401, "Webhook body does not match its signature")

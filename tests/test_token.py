@@ -195,6 +195,7 @@ async def test_allow_list_of_origins(http_client: Any, base_url: str) -> None:
         },
         {"attributes": {}, "metadata": ""},
         {"video": {"can_publish": False, "hidden": True, "can_publish_sources": ["microphone"]}},
+        {"video": {"can_publish": 1}},  # equal to the default's True, but written as 1
     ],
 )
 def test_minted_claims_are_what_livekit_api_writes(extra: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import sqlite3
 import time
@@ -173,6 +174,19 @@ def _claims_token(body: bytes, **changes: Any) -> str:
     return jwt.encode(claims, API_SECRET, algorithm=algorithm, headers=header)
 
 
+def _deeply_nested_token(body: bytes) -> str:
+    """Signed claims with an array nested 5,000 deep (no JSON library writes one)."""
+    claims = jwt.decode(_claims_token(body), options={"verify_signature": False})
+    text = json.dumps(claims)[:-1] + ', "deep": ' + "[" * 5000 + "]" * 5000 + "}"
+
+    def segment(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = segment(b'{"alg":"HS256","typ":"JWT"}') + "." + segment(text.encode())
+    signature = hmac.digest(API_SECRET.encode(), signing_input.encode(), "sha256")
+    return signing_input + "." + segment(signature)
+
+
 TOKENS: dict[str, Any] = {
     "valid": lambda body: sign(body),
     "tampered": lambda body: sign(body + b" "),
@@ -189,6 +203,7 @@ TOKENS: dict[str, Any] = {
     ),
     "sha256 not a string": lambda body: _claims_token(body, sha256=12),
     "no sha256": lambda body: _claims_token(body, sha256=None),
+    "claims nested 5,000 deep": lambda body: _deeply_nested_token(body),
     "two segments": lambda body: sign(body).rsplit(".", 1)[0],
     "junk": lambda body: "not a token at all",
 }
