@@ -19,7 +19,7 @@ from joserfc.jwk import OctKey
 from joserfc.jws import extract_compact
 
 from eventlog import EventLog, StoreUnavailable
-from ground.config import Config
+from ground.config import Config, ConfigError
 from ground.errors import ApiError
 from handlers.support.base import Handler, Route
 from handlers.support.observe import timed_store
@@ -47,7 +47,13 @@ class WebhookVerifier:
         with warnings.catch_warnings():
             # Short secrets are the settings' business (LiveKit's dev pair has a 6-byte one).
             warnings.simplefilter("ignore", SecurityWarning)
-            self._keys = {key: OctKey.import_key(secret) for key, secret in signing.items()}
+            try:
+                self._keys = {key: OctKey.import_key(secret) for key, secret in signing.items()}
+            except ValueError:  # joserfc refuses a public key (PEM, SSH, certificate) as a secret
+                raise ConfigError(
+                    "LIVEKIT_API_SECRET or a LIVEKIT_WEBHOOK_KEYS secret is a public key, "
+                    "not the API secret LiveKit signs with"
+                ) from None
         self._claims = {
             key: jwt.JWTClaimsRegistry(
                 leeway=int(WEBHOOK_LEEWAY.total_seconds()),

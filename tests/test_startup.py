@@ -106,6 +106,15 @@ def env_file(content: bytes, mode: int = 0o644) -> Callable[[Path], dict[str, st
     return write
 
 
+def public_key_as_secret(_: Path) -> dict[str, str]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    pem = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    return {"LIVEKIT_API_KEY": "key", "LIVEKIT_API_SECRET": pem}
+
+
 # (name, setup returning extra env, env, exit code, what the one line must say)
 FAILURES: list[tuple[str, Callable[[Path], dict[str, str]], dict[str, str], int, list[str]]] = [
     ("corrupt DB", corrupt_db, {}, 1, ["file is not a database", "EVENTS_DB"]),
@@ -125,6 +134,7 @@ FAILURES: list[tuple[str, Callable[[Path], dict[str, str]], dict[str, str], int,
     ("unreadable .env", env_file(b"SERVER_PORT=7000\n", 0o000), {}, 2, ["cannot read", ".env"]),
     ("unknown APP_ENV", lambda _: {}, {"APP_ENV": "prod"}, 2, ["APP_ENV", "production", "'prod'"]),
     ("LIVEKIT_URL not a URL", lambda _: {}, {"LIVEKIT_URL": "ws://[::1"}, 2, ["LIVEKIT_URL", "ws://[::1"]),
+    ("a public key as the secret", public_key_as_secret, {}, 2, ["LIVEKIT_API_SECRET", "public key"]),
     (
         "ROOM_NAME_PATTERN overflow",
         lambda _: {},
