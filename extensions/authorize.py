@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("extensions")
 
 # The claim names of VideoGrants, as livekit-api's AccessToken writes them (camelCase).
-_VIDEO_CLAIMS = {
-    name: re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name) for name in VideoGrants.__dataclass_fields__
-}
+_VIDEO_CLAIMS = tuple(
+    (name, re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name))
+    for name in VideoGrants.__dataclass_fields__
+)
 
 
 TokenShape = Literal["openvidu", "standard"]
@@ -131,27 +132,11 @@ class Grant:
         self.video.room_join = True
         self.video.room = self.room
         fields = vars(self.video)
-        if (
-            self.room
-            and fields == {**_UNCHANGED_VIDEO, "room": self.room}
-            and tuple(map(type, fields.values())) == _UNCHANGED_TYPES  # 1 == True, but not in JSON
-        ):
-            return {**_UNCHANGED_VIDEO_CLAIM, "room": self.room}  # most grants: a copy, not a walk
-        return _video_claim(fields)
-
-
-def _video_claim(fields: dict[str, object]) -> dict[str, object]:
-    return {
-        _VIDEO_CLAIMS[name]: value
-        for name, value in fields.items()
-        if value is not None and value != "" and name in _VIDEO_CLAIMS
-    }
-
-
-# VideoGrants as no step changed them, and their claim (its "room" replaced in each copy).
-_UNCHANGED_VIDEO = vars(VideoGrants(room_join=True))
-_UNCHANGED_VIDEO_CLAIM = _video_claim({**_UNCHANGED_VIDEO, "room": "?"})
-_UNCHANGED_TYPES = tuple(map(type, {**_UNCHANGED_VIDEO, "room": "?"}.values()))
+        return {
+            claim: value
+            for name, claim in _VIDEO_CLAIMS
+            if (value := fields.get(name)) is not None and value != ""
+        }
 
 
 class Refuse(Exception):  # read as a verb: `raise Refuse(403, "...")`
