@@ -417,6 +417,9 @@ async def shutdown(
 ) -> None:
     """Stop accepting, answer what is in flight, say goodbye to sockets, close the store."""
     listener.stop()
+    # Each keep-alive connection gets one more answer, with `Connection: close`, and ends:
+    # else clients that keep sending on their connections keep requests in flight for good.
+    server.conn_params.no_keep_alive = True
     if app.settings.get("metrics_server"):
         app.settings["metrics_server"].stop()
     app.settings["broadcaster"].close_all(CLOSE_GOING_AWAY, "Server shutting down")

@@ -4,6 +4,7 @@ and graceful shutdown under load."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import socket
 import subprocess
@@ -194,6 +195,50 @@ def test_sigterm_during_a_stream_of_webhooks(server_process: Any) -> None:
     assert closed == {"code": 1001, "reason": "Server shutting down"}
     server.start()
     assert set(acknowledged) <= {frame["event"]["id"] for frame in server.history()}
+
+
+def test_sigterm_while_clients_keep_sending_on_their_connections(server_process: Any) -> None:
+    """Keep-alive clients that send again as soon as they are answered: each connection
+    gets one more answer, with `Connection: close`, and no request sent is left unanswered."""
+    server = server_process(TOKEN_RATE_LIMIT="0")
+    body = json.dumps(OPENVIDU_BODY).encode()
+    stop = threading.Event()
+    answered, closing, cut, refused = [0], [0], [], []
+
+    def keep_sending() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        while not stop.is_set():
+            try:
+                connection.request("POST", "/token", body, {"Content-Type": "application/json"})
+                answer = connection.getresponse()
+                answer.read()
+            except ConnectionRefusedError:
+                return  # a new connection after the server stopped listening: never sent
+            except OSError as error:  # sent on an open connection and never answered
+                cut.append(repr(error))
+                return
+            if answer.status != 200:
+                refused.append(answer.status)
+            answered[0] += 1
+            if answer.getheader("Connection") == "close":
+                closing[0] += 1
+
+    threads = [threading.Thread(target=keep_sending) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    while answered[0] < 200:
+        time.sleep(0.005)
+    started = time.monotonic()
+    exit_code = server.stop()
+    stopped_in = time.monotonic() - started
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert exit_code == 0
+    assert cut == [] and refused == []
+    assert closing[0] >= 1  # the answers after SIGTERM said so
+    assert stopped_in < 3  # not the whole drain time (SHUTDOWN_SECONDS) waiting on them
+    assert "still unanswered" not in server.log_text()
 
 
 def test_sigint_stops_cleanly(server_process: Any) -> None:
