@@ -36,6 +36,7 @@ from handlers.support.base import Handler, JsonErrors, Route
 from handlers.support.livekit_answers import room_service
 from handlers.support.observe import timed_store
 from handlers.support.origins import EveryOriginChecked, same_origin
+from handlers.support.token_rules import attributes_map, identifier, text
 from rooms import Rooms
 from rooms.bans import MAX_BAN_SECONDS, BansUnavailable
 from rooms.names import nfc
@@ -239,18 +240,21 @@ class ParticipantHandler(AdminHandler):
                 "Give one or more of metadata, attributes, name, permission"
                 + (f"; not {', '.join(sorted(unknown))}" if unknown else ""),
             )
+        # Checked as /token checks them, all before LiveKit is asked.
         for field in ("metadata", "name"):
             if field in body and not isinstance(body[field], str):
                 raise ApiError(400, f"{field} must be a string")
-        attributes = body.get("attributes", {})
-        if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
-            raise ApiError(400, "attributes must be an object of string values")
+        name = identifier(body.get("name", ""), "name")
+        metadata = text(body.get("metadata", ""), "metadata")
+        attributes = attributes_map(body.get("attributes", {}), "attributes")
+        if "permission" in body:
+            _merged_permission(ParticipantPermission(), body["permission"])
         current = await self.participant(room, identity)
         request = UpdateParticipantRequest(
             room=room,
             identity=identity,
-            metadata=body.get("metadata", ""),
-            name=body.get("name", ""),
+            metadata=metadata,
+            name=name,
             attributes=attributes,
         )
         if "permission" in body:

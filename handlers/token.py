@@ -24,7 +24,7 @@ from ground.errors import ApiError
 from ground.logsafe import quoted
 from handlers.support.base import Handler, Route, header
 from handlers.support.ratelimit import RateLimiter, SharedRateLimiter
-from handlers.support.token_rules import check_grant, identifier, text
+from handlers.support.token_rules import attributes_map, check_grant, identifier, text
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class TokenHandler(Handler):
             _name(body, "participant_identity"),
             _name(body, "participant_name"),
             None if metadata is None else text(metadata, "participant_metadata"),
-            None if attributes is None else _attributes(attributes),
+            None if attributes is None else attributes_map(attributes, "participant_attributes"),
             None if room_config is None else _room_config(room_config),
             **common,
         )
@@ -148,18 +148,6 @@ def _name(body: dict[str, Any], field: str, required: bool = False) -> str:
     if not value and required:
         raise ApiError(400, f"{field} must not be empty")
     return identifier(value, field)
-
-
-def _attributes(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(
-        isinstance(key, str) and isinstance(item, str) for key, item in value.items()
-    ):
-        raise ApiError(400, "participant_attributes must be an object of string values")
-    for key, item in value.items():
-        identifier(key, "participant_attributes keys")
-        if not item.isprintable():  # named only when it is needed: this runs for every attribute
-            text(item, f"participant_attributes[{key!r}]")
-    return value
 
 
 def _room_config(value: Any) -> RoomConfiguration:

@@ -399,6 +399,13 @@ def test_the_admin_api_against_livekit(livekit: LiveKitServer, server_process: A
         ("PATCH", participant, {"role": "x"}, "not role"),
         ("PATCH", participant, {"attributes": {"a": 1}}, "attributes must be an object of string values"),
         ("PATCH", participant, {"metadata": 5}, "metadata must be a string"),
+        # Checked before LiveKit is asked (ghost is in no room: these would be 404s after).
+        ("PATCH", participant, {"permission": "x"}, "permission must be an object"),
+        ("PATCH", participant, {"permission": {"canPublish": 1}}, "permission.canPublish must be true"),
+        ("PATCH", participant, {"name": "a\x00"}, "name must not contain control characters"),
+        ("PATCH", participant, {"name": "\u3164"}, "name must contain a visible character"),
+        ("PATCH", participant, {"metadata": "\u202eadmin"}, "metadata must not contain control"),
+        ("PATCH", participant, {"attributes": {"role": "a\x1b"}}, "attributes['role'] must not"),
     ]
     for method, path, body, message in bad:
         status, answer, _ = admin(app.url, method, path, body)

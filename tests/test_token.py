@@ -356,6 +356,22 @@ async def test_names_refuse_control_format_and_separator_characters(
     assert f"U+{ord(char):04X}" in message
 
 
+# Characters that show as nothing and are not control or format characters: a name of
+# them alone is blank on every page, and one empty key for bans and IDENTITY_CONFLICT.
+INVISIBLE_ONLY = ["\u3164", "\u115f\u1160", "\u200d", "\ufe0f", "\u034f", "\u200c\u3164"]
+
+
+@pytest.mark.parametrize("name", INVISIBLE_ONLY, ids=[f"U+{ord(name[0]):04X}" for name in INVISIBLE_ONLY])
+@pytest.mark.parametrize(("field", "others"), NAME_FIELDS, ids=[field for field, _ in NAME_FIELDS])
+@pytest.mark.gen_test
+async def test_names_of_invisible_characters_alone_are_refused(
+    http_client: Any, base_url: str, field: str, others: dict[str, str], name: str
+) -> None:
+    response = await post_token(http_client, base_url, {**others, field: name})
+    assert response.code == 400
+    assert json.loads(response.body)["errorMessage"] == f"{field} must contain a visible character"
+
+
 @pytest.mark.parametrize(
     "name",
     [

@@ -9,6 +9,7 @@ import re
 import secrets
 import unicodedata
 from datetime import timedelta
+from typing import Any
 
 from livekit.protocol.room import RoomConfiguration
 
@@ -16,7 +17,7 @@ from extensions.authorize import AuthorizeError, Grant, Refuse, Step, TokenReque
 from ground.config import CLIENT_SETTABLE, DISPATCH_FIELDS, MAX_TOKEN_TTL
 from ground.credentials import secret_matches
 from ground.errors import ApiError
-from rooms.names import nfc
+from rooms.names import canonical, nfc
 
 
 def built_in_authorize(request: TokenRequest, grant: Grant) -> Grant:
@@ -114,7 +115,25 @@ def identifier(value: str, field: str) -> str:
             400,
             f"{field} must not contain control characters or invisible format characters (U+{ord(char):04X})",
         )
+    if value and not canonical(value):
+        # Only fillers and joiners (U+3164, U+200D...): shown as nothing, and one empty key
+        # for bans and IDENTITY_CONFLICT whatever the characters.
+        raise ApiError(400, f"{field} must contain a visible character")
     return nfc(value)  # one spelling of each name (rooms/names.py)
+
+
+def attributes_map(value: Any, field: str) -> dict[str, str]:
+    """Participant attributes, as /token and the admin API take them: an object of string
+    values, its keys names and its values text."""
+    if not isinstance(value, dict) or not all(
+        isinstance(key, str) and isinstance(item, str) for key, item in value.items()
+    ):
+        raise ApiError(400, f"{field} must be an object of string values")
+    for key, item in value.items():
+        identifier(key, f"{field} keys")
+        if not item.isprintable():  # named only when it is needed: this runs for every attribute
+            text(item, f"{field}[{key!r}]")
+    return value
 
 
 def text(value: str, field: str) -> str:
