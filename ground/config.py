@@ -292,6 +292,8 @@ class Config:
     events_replay: int = setting(100, integer(0, STORE_INTEGER_MAX))
     events_allowed_origins: tuple[str, ...] = setting((), _origins)
     events_socket_queue: int = setting(1_000, integer(1))
+    # A webhook body is at most 1 MiB: a socket may always have one such event waiting.
+    events_socket_queue_bytes: int = setting(8 * 1024 * 1024, integer(2 * 1024 * 1024))
     events_redis_url: str = setting("", _redis_url)
     events_auth_secret: str = setting("", _bearer_secret)
     events_send_timeout: timedelta = setting(timedelta(seconds=20), _duration)

@@ -82,6 +82,7 @@ class EventsSocketHandler(EveryOriginChecked, JsonErrors, tornado.websocket.WebS
         self.broadcaster = broadcaster
         config: Config = self.settings["config"]
         self.queue_limit = config.events_socket_queue
+        self.queue_bytes = config.events_socket_queue_bytes
         self.send_timeout = config.events_send_timeout.total_seconds()
         # While replaying, live frames are not sent nor held: they are in the store,
         # and the replay reads on until it has sent the newest one seen live.
@@ -91,7 +92,7 @@ class EventsSocketHandler(EveryOriginChecked, JsonErrors, tornado.websocket.WebS
         # Live frames written while the connection's buffer was not empty: what the peer
         # has not taken yet. Counted without a callback per write, which fan-out would
         # pay for every socket and every event.
-        self.waiting = 0
+        self.waiting = self.waiting_bytes = 0
         self.replay_task: asyncio.Future[None] | None = None
         self.since: str | None = None
         self.told: Told | None = None
@@ -140,7 +141,7 @@ class EventsSocketHandler(EveryOriginChecked, JsonErrors, tornado.websocket.WebS
             self.close(CLOSE_SERVER_ERROR, "The replay failed; reconnect with your cursor")
             return
         self.replaying = False
-        self.waiting = 0
+        self.waiting = self.waiting_bytes = 0
 
     async def replay(self, since: str | None) -> None:
         """Pages after `since` (without one: the newest EVENTS_REPLAY) until the store has
@@ -210,9 +211,16 @@ class EventsSocketHandler(EveryOriginChecked, JsonErrors, tornado.websocket.WebS
         if connection is None or connection.is_closing() or connection.stream is None:
             return
         stream = connection.stream
-        self.waiting = self.waiting + 1 if stream.writing() else 0
+        if stream.writing():
+            self.waiting += 1
+            self.waiting_bytes += len(frame.wire)
+        else:
+            self.waiting = self.waiting_bytes = 0
         if self.waiting > self.queue_limit:
             self.too_slow(f"more than {self.queue_limit} events waiting")
+            return
+        if self.waiting_bytes > self.queue_bytes:  # a few large events hold memory too
+            self.too_slow(f"more than {self.queue_bytes} bytes of events waiting")
             return
         # The frame was built once for every socket (no compression is negotiated, so
         # all get the same bytes): write it as is. write_message would build it again

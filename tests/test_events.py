@@ -107,10 +107,21 @@ async def test_events_posted_during_a_replay_arrive_once_and_in_order(
     client.close()
 
 
-@pytest.mark.settings(events_socket_queue=8)
+@pytest.mark.parametrize(
+    "closed_for",
+    [
+        pytest.param(b"more than 8 events waiting", marks=pytest.mark.settings(events_socket_queue=8)),
+        # 60 events of 200 kB: 2 MiB of them come before 1,000 events do.
+        pytest.param(
+            b"more than 2097152 bytes of events waiting",
+            marks=pytest.mark.settings(events_socket_queue_bytes=2 * 1024 * 1024),
+        ),
+    ],
+    ids=["events", "bytes"],
+)
 @pytest.mark.gen_test(timeout=60)
 async def test_a_socket_that_never_reads_is_closed_and_others_keep_up(
-    http_client: Any, base_url: str, http_port: int
+    http_client: Any, base_url: str, http_port: int, closed_for: bytes
 ) -> None:
     # A peer that completes the handshake and then never reads, with a tiny receive buffer.
     stuck = socket.socket()
@@ -136,7 +147,7 @@ async def test_a_socket_that_never_reads_is_closed_and_others_keep_up(
         except BlockingIOError:
             await asyncio.sleep(0.01)
     stuck.close()
-    assert b"Too slow: more than 8 events waiting" in received
+    assert b"Too slow: " + closed_for in received
     reader.close()
 
 
