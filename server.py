@@ -169,7 +169,9 @@ def run() -> None:
         return serve(config, extensions, Worker(worker, own_sockets(sockets, worker), ready, shared_dir))
 
     about = ("each held to a core of its own; " if pinned else "") + f"sharing {shared_dir}"
-    supervisor = Supervisor(config.workers, serve_worker, about)
+    supervisor = Supervisor(
+        config.workers, serve_worker, about, [sock for group in sockets for sock in group]
+    )
     try:
         code = supervisor.run()
     finally:

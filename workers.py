@@ -10,12 +10,15 @@ that another must (events, bans, limits) goes through the store, never through h
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import select
 import signal
+import socket
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ground.config import Config, usable_cores
 
@@ -27,6 +30,7 @@ RESTART_DELAY_SECONDS = 1.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Waiting for a worker to say it serves: beyond this, start-up has failed.
 READY_SECONDS = 60.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 # `serve(worker, ready)`: runs one worker to its end and returns its exit code; calls
 # `ready()` once it accepts connections.
@@ -57,10 +61,15 @@ def hold_to_one_core(worker: int) -> None:
 
 
 class Supervisor:
-    def __init__(self, count: int, serve: Serve, about: str = "") -> None:
+    def __init__(
+        self, count: int, serve: Serve, about: str = "", listening: Sequence[socket.socket] = ()
+    ) -> None:
         self.count = count
         self.serve = serve
         self.about = about  # said when they all serve
+        # The parent's copies of the workers' listening sockets, kept to start replacements:
+        # closed when it stops, else the kernel would queue connections no one accepts.
+        self.listening = listening
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker id, started at)
         self.stopping = ""
 
@@ -72,7 +81,11 @@ class Supervisor:
                 signal.signal(signum, self._stop)
         try:
             for worker in range(self.count):
+                if self.stopping:  # a stop signal during start-up: start no more
+                    return self._watch()
                 code = self._start(worker, wait_ready=True)
+                if self.stopping:  # it ended because it was told to stop, or serves and is told now
+                    return self._watch()
                 if code is not None:  # it could not start: neither can the others
                     self._stop_all()
                     return code
@@ -87,12 +100,22 @@ class Supervisor:
     def _start(self, worker: int, wait_ready: bool) -> int | None:
         """Fork worker `worker`; with `wait_ready`, its exit code if it ends before serving."""
         read_end, write_end = os.pipe()
-        pid = os.fork()
+        parent = os.getpid()
+        # Until the worker has its own handlers, a stop signal waits: run here, the parent's
+        # handler would make the new worker a supervisor that serves on.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            raise
         if pid == 0:  # the worker
             os.close(read_end)
             for signum in STOP_SIGNALS:
                 if signal.getsignal(signum) != signal.SIG_IGN:
                     signal.signal(signum, signal.SIG_DFL)
+            stop_when_parent_dies(parent)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             code = 1
             try:
                 code = self.serve(worker, lambda: _say_ready(write_end))
@@ -104,7 +127,8 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(code)
         os.close(write_end)
-        self.children[pid] = (worker, time.monotonic())
+        self.children[pid] = (worker, time.monotonic())  # before a stop signal can run
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         try:
             if not wait_ready:
                 return None
@@ -122,7 +146,8 @@ class Supervisor:
         except ChildProcessError:
             return 1
         self.children.pop(pid, None)
-        return os.waitstatus_to_exitcode(status) or 1
+        code = os.waitstatus_to_exitcode(status)
+        return code if code > 0 else 1  # killed by a signal (negative) or ended as if it served
 
     def _watch(self) -> int:
         while self.children:
@@ -146,6 +171,8 @@ class Supervisor:
         if not self.stopping:
             self.stopping = signal.Signals(signum).name
             log.info("Shutting down %d workers (%s)", len(self.children), self.stopping)
+            for sock in self.listening:
+                sock.close()
         self._stop_all()
 
     def _stop_all(self) -> None:
@@ -157,6 +184,16 @@ class Supervisor:
             self.stopping = "start-up failed"
             while self.children:
                 self._reap(next(iter(self.children)))
+
+
+def stop_when_parent_dies(parent: int) -> None:
+    """A worker gets SIGTERM (and drains) when the parent dies, even by SIGKILL: else it
+    would serve on, unsupervised, holding the port (Linux's PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before that took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _say_ready(write_end: int) -> None:

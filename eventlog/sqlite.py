@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -180,7 +181,7 @@ class SqliteEventLog(EventLog):
         self._check_file()
         db = self._db
         if self._writers_lock >= 0:
-            fcntl.lockf(self._writers_lock, fcntl.LOCK_EX)  # the kernel lets go if this process dies
+            self._lock_writers()
         try:
             return self._insert_in_turn(db, rows)
         finally:
@@ -252,6 +253,22 @@ class SqliteEventLog(EventLog):
             (after, FOLLOW_BATCH),
         ).fetchall()
         return [Entry((seq, 0), make_cursor(self.log_id, str(seq)), at, event) for seq, at, event in rows]
+
+    def _lock_writers(self) -> None:
+        """The workers' lock, waited for as SQLite's own (BUSY_SECONDS): a worker stopped
+        while it held it (SIGSTOP, a debugger) must not hang every other's webhooks. The
+        kernel lets go of it when its holder dies."""
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                fcntl.lockf(self._writers_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as error:
+                held = error.errno in (errno.EACCES, errno.EAGAIN)
+                if not held or self._closing or time.monotonic() > deadline:
+                    why = f"not free within {BUSY_SECONDS:g} s" if held else str(error)
+                    raise sqlite3.OperationalError(f"the workers' write lock: {why}") from None
+                time.sleep(BUSY_STEP_MS / 1000)
 
     def _begin(self, db: sqlite3.Connection) -> None:
         deadline = time.monotonic() + BUSY_SECONDS

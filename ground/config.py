@@ -365,6 +365,11 @@ class Config:
                 raise ConfigError(
                     f"LIVEKIT_WEBHOOK_KEYS gives key {key!r} another secret than LIVEKIT_API_SECRET"
                 )
+        if self.workers > 1 and not self.events_redis_url and self.events_db == ":memory:":
+            raise ConfigError(
+                "EVENTS_DB=:memory: is a log in each process: with WORKERS above 1, "
+                "give EVENTS_DB a file (or set EVENTS_REDIS_URL)"
+            )
         if self.metrics_port and self.metrics_port == self.server_port:
             raise ConfigError("METRICS_PORT must differ from SERVER_PORT (or be 0: /metrics on SERVER_PORT)")
         if self.metrics_port and not self.metrics_enabled:

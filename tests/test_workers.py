@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -27,7 +28,15 @@ from tornado.websocket import websocket_connect
 
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
 from tests.admin import SECRET, admin, path_of
-from tests.conftest import events_url, request_token, require, run_async, webhook_event, webhook_request
+from tests.conftest import (
+    events_url,
+    post_webhook,
+    request_token,
+    require,
+    run_async,
+    webhook_event,
+    webhook_request,
+)
 from tests.test_metrics import Samples, parse
 from tests.test_startup import FAILURES, run_failure, run_server, without_root_file_access
 
@@ -722,3 +731,87 @@ def test_a_listing_that_does_not_read_as_one_is_passed_over(tmp_path: Path) -> N
     assert follower.asking_since() == asked_at
     leader.publish({}, {"ok": True, "error": "", "reconciledAt": 1}, asked_at)
     assert follower.newest() == ({}, {"ok": True, "error": "", "reconciledAt": 1}, asked_at)
+
+
+def processes_with(marker: str) -> list[int]:
+    """Processes of ours whose environment holds `marker` (the server and its workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            with contextlib.suppress(OSError):
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3, 0.6, 1.0, 1.5])
+def test_sigterm_during_start_up_stops_every_worker(
+    server_process: Any, tmp_path: Path, delay: float
+) -> None:
+    """Whenever the signal comes (before, between and after the workers' starts), the
+    server stops and leaves no worker serving (it went on serving, or exited 241, before)."""
+    marker = f"start-up-{delay}-{time.monotonic_ns()}"
+    server = server_process(WORKERS="3", LOG_LEVEL="INFO", STOP_MARKER=marker)
+    server.stop()  # started and stopped once: its store exists, the timing is a warm start's
+    assert server.process is not None
+
+    process = subprocess.Popen(
+        server.process.args,
+        env=server.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    try:
+        # -SIGTERM: it came before Python had set up anything (no worker was started yet).
+        assert process.wait(20) in (0, -signal.SIGTERM)
+    finally:
+        process.kill()
+    deadline = time.monotonic() + 10
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with(marker) == []
+
+
+def test_workers_stop_when_the_parent_is_killed(server_process: Any) -> None:
+    marker = f"orphans-{time.monotonic_ns()}"
+    server = started(server_process(WORKERS="2", STOP_MARKER=marker), 2)
+    assert server.process is not None
+    workers = worker_pids(server.process.pid)
+    assert len(workers) == 2
+    server.process.kill()  # SIGKILL: the parent can tell no one
+    server.process.wait()
+    deadline = time.monotonic() + 15
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with(marker) == []  # each worker drained and ended
+    with pytest.raises(OSError):
+        urllib.request.urlopen(server.url + "/healthz", timeout=2)
+
+
+def test_an_in_memory_store_with_workers_is_refused(tmp_path: Path) -> None:
+    result = run_server(tmp_path, {"WORKERS": "2", "EVENTS_DB": ":memory:"}, without_root_file_access)
+    assert result.returncode == 2
+    assert "EVENTS_DB=:memory: is a log in each process" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_worker_holding_the_write_lock_for_good_costs_others_a_503_not_a_hang(server_process: Any) -> None:
+    """As a worker stopped (SIGSTOP) while it writes would: the lock is held from outside."""
+    import fcntl
+
+    server = started(server_process(WORKERS="2", LOG_LEVEL="INFO"), 2)
+    shared = re.search(r"workers \(WORKERS;[^)]* sharing ([^;)\s]+)", server.log_text())
+    assert shared
+    lock = os.open(Path(shared[1]) / "events-writers.lock", os.O_RDWR)
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        started_at_ = time.monotonic()
+        status = post_webhook(server.url, webhook_event("room_started", room="held"))
+        waited = time.monotonic() - started_at_
+    finally:
+        os.close(lock)
+    assert status == 503
+    assert waited < 9  # BUSY_SECONDS (5 s), not for good
+    assert post_webhook(server.url, webhook_event("room_started", room="free")) == 200
