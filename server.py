@@ -45,7 +45,7 @@ from handlers.support.token_rules import BUILT_IN
 from handlers.support.worker_figures import WorkerFigures
 from rooms import Rooms
 from rooms.livekit import open_extensions_livekit_api, open_rooms_livekit_api
-from workers import Supervisor, hold_to_one_core, pins_workers
+from workers import ListeningSets, Supervisor, hold_to_one_core, pins_workers
 
 log = logging.getLogger("server")
 
@@ -169,9 +169,12 @@ def run() -> None:
         return serve(config, extensions, Worker(worker, own_sockets(sockets, worker), ready, shared_dir))
 
     about = ("each held to a core of its own; " if pinned else "") + f"sharing {shared_dir}"
-    supervisor = Supervisor(
-        config.workers, serve_worker, about, [sock for group in sockets for sock in group]
+    rebind = (
+        (lambda: bind_listening(config.server_port, config.server_host, True))
+        if SPREADS_CONNECTIONS
+        else None
     )
+    supervisor = Supervisor(config.workers, serve_worker, about, ListeningSets(sockets, rebind))
     try:
         code = supervisor.run()
     finally:

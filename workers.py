@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from ground.config import Config, usable_cores
 
@@ -60,16 +60,45 @@ def hold_to_one_core(worker: int) -> None:
         log.warning("worker %d could not be held to one core, runs on any: %s", worker, error)
 
 
+class ListeningSets:
+    """The parent's copies of the workers' listening sockets, kept to give replacements
+    theirs. With one set per worker (SO_REUSEPORT: the kernel spreads new connections
+    over the sets), the set of a worker that died is closed at once and bound again for
+    its replacement (`bind`), so connections do not wait in a queue no one accepts from
+    (for good, if the replacement cannot start). Without `bind`, every worker has the
+    same set, and only stopping closes it."""
+
+    def __init__(
+        self, sets: list[list[socket.socket]], bind: Callable[[], list[socket.socket]] | None = None
+    ) -> None:
+        self.sets = sets
+        self.bind = bind
+
+    def gone(self, worker: int) -> None:
+        if self.bind is not None:
+            for sock in self.sets[worker]:
+                sock.close()
+            self.sets[worker] = []
+
+    def renew(self, worker: int) -> None:
+        """Its set, bound again; OSError if the port cannot be bound now."""
+        if self.bind is not None and not self.sets[worker]:
+            self.sets[worker] = self.bind()
+
+    def close(self) -> None:
+        for sock in {sock for group in self.sets for sock in group}:
+            sock.close()
+
+
 class Supervisor:
     def __init__(
-        self, count: int, serve: Serve, about: str = "", listening: Sequence[socket.socket] = ()
+        self, count: int, serve: Serve, about: str = "", listening: ListeningSets | None = None
     ) -> None:
         self.count = count
         self.serve = serve
         self.about = about  # said when they all serve
-        # The parent's copies of the workers' listening sockets, kept to start replacements:
-        # closed when it stops, else the kernel would queue connections no one accepts.
-        self.listening = listening
+        # Closed when the parent stops, else the kernel would queue connections no one accepts.
+        self.listening = listening or ListeningSets([])
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker id, started at)
         self.stopping = ""
 
@@ -158,21 +187,28 @@ class Supervisor:
             worker, started = self.children.pop(pid, (-1, 0.0))
             if self.stopping or worker < 0:
                 continue
+            self.listening.gone(worker)
             code = os.waitstatus_to_exitcode(status)
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             log.error("worker %d (pid %d) %s; starting another", worker, pid, how)
             if time.monotonic() - started < RESTART_DELAY_SECONDS:
                 time.sleep(RESTART_DELAY_SECONDS)
-            if not self.stopping:
+            while not self.stopping:
+                try:
+                    self.listening.renew(worker)
+                except OSError as error:
+                    log.error("worker %d: the port cannot be bound again now (%s); retrying", worker, error)
+                    time.sleep(RESTART_DELAY_SECONDS)
+                    continue
                 self._start(worker, wait_ready=False)
+                break
         return 0
 
     def _stop(self, signum: int, frame: object) -> None:
         if not self.stopping:
             self.stopping = signal.Signals(signum).name
             log.info("Shutting down %d workers (%s)", len(self.children), self.stopping)
-            for sock in self.listening:
-                sock.close()
+            self.listening.close()
         self._stop_all()
 
     def _stop_all(self) -> None:

@@ -815,3 +815,35 @@ def test_a_worker_holding_the_write_lock_for_good_costs_others_a_503_not_a_hang(
     assert status == 503
     assert waited < 9  # BUSY_SECONDS (5 s), not for good
     assert post_webhook(server.url, webhook_event("room_started", room="free")) == 200
+
+
+def test_connections_do_not_wait_for_a_worker_that_cannot_be_replaced(
+    server_process: Any, tmp_path: Path
+) -> None:
+    """Its listening set is closed when it dies: new connections go to the others (or are
+    refused), instead of waiting in a queue no one accepts from."""
+    store = tmp_path / "store"
+    store.mkdir()
+    server = started(server_process(WORKERS="2", EVENTS_DB=str(store / "events.sqlite3")), 2)
+    assert server.process is not None
+    store.rename(tmp_path / "moved")  # the running workers keep their open store
+    store.write_text("not a directory")  # every replacement now fails to start
+    os.kill(sorted(worker_pids(server.process.pid), key=started_at)[1], signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while "exited with code" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first replacement has failed
+    outcomes: dict[str, int] = {}
+    for _ in range(40):
+        try:
+            with urllib.request.urlopen(server.url + "/healthz", timeout=5) as answer:
+                outcome = str(answer.status)
+        except urllib.error.HTTPError as error:  # 503: the store is not where it was
+            outcome = str(error.code)
+        except TimeoutError:
+            outcome = "waited"
+        except OSError as error:
+            outcome = "waited" if "timed out" in str(error) else type(error).__name__
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        time.sleep(0.05)
+    assert "waited" not in outcomes, outcomes
+    assert outcomes.get("503", 0) >= 20, outcomes  # answered, by worker 0
