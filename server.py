@@ -42,7 +42,7 @@ from handlers.support.broadcast import Broadcaster
 from handlers.support.metrics import Metrics
 from handlers.support.observe import setup_logging
 from handlers.support.token_rules import BUILT_IN
-from handlers.support.worker_figures import WorkerFigures
+from handlers.support.worker_figures import WorkerFigures, retire
 from rooms import Rooms
 from rooms.livekit import open_extensions_livekit_api, open_rooms_livekit_api
 from workers import ListeningSets, Supervisor, hold_to_one_core, pins_workers
@@ -174,7 +174,13 @@ def run() -> None:
         if SPREADS_CONNECTIONS
         else None
     )
-    supervisor = Supervisor(config.workers, serve_worker, about, ListeningSets(sockets, rebind))
+    supervisor = Supervisor(
+        config.workers,
+        serve_worker,
+        about,
+        ListeningSets(sockets, rebind),
+        ended=lambda pid: retire(shared_dir, pid),  # its counts stay in /metrics, its file goes
+    )
     try:
         code = supervisor.run()
     finally:

@@ -92,13 +92,19 @@ class ListeningSets:
 
 class Supervisor:
     def __init__(
-        self, count: int, serve: Serve, about: str = "", listening: ListeningSets | None = None
+        self,
+        count: int,
+        serve: Serve,
+        about: str = "",
+        listening: ListeningSets | None = None,
+        ended: Callable[[int], None] = lambda pid: None,
     ) -> None:
         self.count = count
         self.serve = serve
         self.about = about  # said when they all serve
         # Closed when the parent stops, else the kernel would queue connections no one accepts.
         self.listening = listening or ListeningSets([])
+        self.ended = ended  # told the pid of each worker that ended while serving
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker id, started at)
         self.stopping = ""
 
@@ -187,6 +193,7 @@ class Supervisor:
             worker, started = self.children.pop(pid, (-1, 0.0))
             if self.stopping or worker < 0:
                 continue
+            self.ended(pid)
             self.listening.gone(worker)
             code = os.waitstatus_to_exitcode(status)
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"

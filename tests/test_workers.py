@@ -847,3 +847,81 @@ def test_connections_do_not_wait_for_a_worker_that_cannot_be_replaced(
         time.sleep(0.05)
     assert "waited" not in outcomes, outcomes
     assert outcomes.get("503", 0) >= 20, outcomes  # answered, by worker 0
+
+
+def figures_counting(directory: Path, count: float, pid: int | None = None) -> tuple[Any, Any]:
+    """A worker's figures with one counter at `count` (and a gauge at 1), its file written;
+    `pid`: as that worker would have written it. With the counter, to count on."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+
+    from handlers.support.worker_figures import SUFFIX, WorkerFigures
+
+    registry = CollectorRegistry()
+    counter = Counter("things", "Things", registry=registry)
+    counter.inc(count)
+    Gauge("open_things", "Open things", registry=registry).set(1)
+    figures = WorkerFigures(str(directory), registry, lambda: {"sockets": 1, "eventHandlers": None})
+    if pid is not None:
+        figures.path = str(directory / f"{pid}{SUFFIX}")
+    figures.write()
+    return figures, counter
+
+
+def scraped_things(figures: Any) -> tuple[float, float]:
+    from prometheus_client import generate_latest
+
+    samples = parse(generate_latest(figures.exposed).decode())
+    return samples[("things_total", ())], samples[("open_things", ())]
+
+
+def test_an_ended_workers_file_is_folded_into_the_retired_counts(tmp_path: Path) -> None:
+    from handlers.support.worker_figures import RETIRED, SUFFIX, retire
+
+    figures_counting(tmp_path, 5, pid=1)  # alive (pid 1 always is)
+    for dead_pid, count in [(2**22 + 1, 3), (2**22 + 2, 4)]:  # beyond pid_max: never alive
+        figures_counting(tmp_path, count, pid=dead_pid)
+        retire(str(tmp_path), dead_pid)
+        assert not (tmp_path / f"{dead_pid}{SUFFIX}").exists()
+    mine, _ = figures_counting(tmp_path, 10)
+    files = sorted(path.name for path in tmp_path.glob(f"*{SUFFIX}"))
+    assert files == sorted([f"1{SUFFIX}", RETIRED, f"{os.getpid()}{SUFFIX}"])
+    # The ended workers' counts stay; their gauges do not (this worker's and pid 1's).
+    assert scraped_things(mine) == (10 + 5 + 3 + 4, 2)
+    assert len(mine.everyone_alive()) == 2
+
+
+def test_counters_never_go_back_whichever_worker_answers(tmp_path: Path) -> None:
+    """Each worker reads the other's counts as last written (up to a second old): two
+    scrapes answered by two workers would disagree, and the later one go back."""
+    first, first_counter = figures_counting(tmp_path, 10, pid=1)
+    second, second_counter = figures_counting(tmp_path, 7)
+    first_counter.inc(5)  # not written yet
+    assert scraped_things(first) == (15 + 7, 2)  # its own now, the other's as written
+    second_counter.inc(1)
+    # Read alone, 8 now and the first's 10 as written: 18, less than 22 answered before.
+    assert scraped_things(second)[0] == 22
+    first.write()
+    second.write()
+    assert scraped_things(second)[0] == 15 + 8  # and on again once the files catch up
+
+
+def test_the_parent_folds_a_dead_workers_figures_and_removes_its_file(server_process: Any) -> None:
+    from handlers.support.worker_figures import RETIRED, SUFFIX
+
+    server = started(server_process(WORKERS="2", LOG_LEVEL="INFO", TOKEN_RATE_LIMIT="0"), 2)
+    assert server.process is not None
+    shared = re.search(r"workers \(WORKERS;[^)]* sharing ([^;)\s]+)", server.log_text())
+    assert shared
+    for _round in range(3):
+        assert {request_token(server.url)[0] for _ in range(10)} == {200}
+        time.sleep(1.5)  # every worker has written what it counted
+        victim = sorted(worker_pids(server.process.pid), key=started_at)[-1]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while f"(pid {victim}) was killed" not in server.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert workers_seen(server.url, 2) == {"0", "1"}
+    live = sorted(f"{pid}{SUFFIX}" for pid in worker_pids(server.process.pid))
+    assert sorted(path.name for path in Path(shared[1]).glob(f"*{SUFFIX}")) == sorted([*live, RETIRED])
+    tokens = ("livekit_app_token_requests_total", (("shape", "openvidu"), ("status", "200")))
+    assert scrape(server.url)[0][tokens] == 30  # what the killed workers answered is still counted

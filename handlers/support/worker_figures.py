@@ -10,12 +10,19 @@ no counter goes back when it is replaced), gauges over the workers alive. This d
 prometheus-client's multiprocess mode does for its own metric types, for every metric
 here too (the frames counter, the socket gauge and the event handlers' figures are read
 when scraped, which that mode does not support), at one file write a second.
+
+When a worker has ended, the parent folds its file into RETIRED (`retire`), so the
+directory does not fill with the files of dead workers, and a pid used again is not
+taken for one alive. Since the other workers' figures are up to a second old, two
+scrapes answered by two workers could sum a counter differently: each scrape answers
+at least what any scrape answered before (SERVED), so no counter goes back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -30,6 +37,11 @@ log = logging.getLogger(__name__)
 
 WORKER_SECONDS = 1.0  # how stale another worker's figures may be in a scrape
 SUFFIX = ".figures.json"
+RETIRED = "retired" + SUFFIX  # what ended workers counted (counters and histograms)
+SERVED = "served.json"  # the highest value each scrape answered, per cumulative series
+CUMULATIVE = frozenset(("counter", "histogram", "summary"))
+
+Sums = dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]
 
 
 class WorkerFigures(Collector):
@@ -88,18 +100,11 @@ class WorkerFigures(Collector):
 
     def collect(self) -> Iterator[Metric]:
         merged: dict[str, Metric] = {}
-        sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        sums: Sums = {}
         figures: dict[str, Any]
         for figures, alive in [({"families": self._families()}, True), *self._others()]:
-            for name, documentation, kind, samples in figures["families"]:
-                if kind == "gauge" and not alive:
-                    continue  # a dead worker's sockets are gone
-                if name not in merged:
-                    merged[name] = Metric(name, documentation, kind)
-                    sums[name] = {}
-                for sample_name, labels, value in samples:
-                    key = (sample_name, tuple(sorted(labels.items())))
-                    sums[name][key] = sums[name].get(key, 0.0) + value
+            add_families(merged, sums, figures["families"], alive)
+        never_less_than_served(self.directory, merged, sums)
         for name, family in merged.items():
             for (sample_name, labels), value in sums[name].items():
                 family.add_sample(sample_name, dict(labels), value)
@@ -107,19 +112,102 @@ class WorkerFigures(Collector):
 
     def _others(self) -> Iterator[tuple[dict[str, Any], bool]]:
         """The other workers' files that read as this module writes them, each with
-        whether its worker is alive; any other file there is passed over."""
+        whether its worker is alive (RETIRED: not); any other file there is passed over."""
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.directory):
                 pid = entry.name.removesuffix(SUFFIX)
-                if entry.name == pid or not pid.isdigit() or entry.path == self.path:
+                retired = entry.name == RETIRED
+                if not retired and (entry.name == pid or not pid.isdigit() or entry.path == self.path):
                     continue
-                try:
-                    with open(entry.path, "rb") as file:
-                        figures = orjson.loads(file.read())
-                except (OSError, orjson.JSONDecodeError):
-                    continue
+                figures = _read(entry.path)
                 if _well_formed(figures):
-                    yield figures, _alive(int(pid))
+                    yield figures, not retired and _alive(int(pid))
+
+
+def add_families(merged: dict[str, Metric], sums: Sums, families: list[Any], alive: bool) -> None:
+    """Sums by series: counters and histograms of every worker, gauges of the live ones."""
+    for name, documentation, kind, samples in families:
+        if kind not in CUMULATIVE and not alive:
+            continue  # a dead worker's sockets are gone
+        if name not in merged:
+            merged[name] = Metric(name, documentation, kind)
+            sums[name] = {}
+        for sample_name, labels, value in samples:
+            key = (sample_name, tuple(sorted(labels.items())))
+            sums[name][key] = sums[name].get(key, 0.0) + value
+
+
+def never_less_than_served(directory: str, merged: dict[str, Metric], sums: Sums) -> None:
+    """Raise each cumulative series to the highest value answered before (by any worker),
+    and record what this scrape answers; under a lock, scrapes being few."""
+    path = os.path.join(directory, SERVED)
+    try:
+        with open(path + ".lock", "a") as lock:
+            fcntl.lockf(lock, fcntl.LOCK_EX)
+            served = _read(path)
+            served = served if isinstance(served, dict) else {}
+            for name, family in merged.items():
+                if family.type not in CUMULATIVE:
+                    continue
+                before = served.get(name)
+                before = before if isinstance(before, dict) else {}
+                for key in sums[name]:
+                    text = orjson.dumps(key).decode()
+                    value = before.get(text)
+                    if isinstance(value, (int, float)) and value > sums[name][key]:
+                        sums[name][key] = value
+                    before[text] = sums[name][key]
+                served[name] = before
+            with open(path + ".partial", "wb") as file:
+                file.write(orjson.dumps(served))
+            os.replace(path + ".partial", path)
+    except OSError as error:  # the sums as they are: they may be a second stale
+        log.error("could not keep /metrics counters from going back: %s", error)
+
+
+def retire(directory: str, pid: int) -> None:
+    """In the parent, once worker `pid` has ended: its counters and histograms folded into
+    RETIRED, its own file removed. Removed first: a scrape in between may miss its counts
+    for a moment (SERVED covers that), but never counts them twice."""
+    path = os.path.join(directory, f"{pid}{SUFFIX}")
+    figures = _read(path)
+    with contextlib.suppress(OSError):
+        os.remove(path)
+    if not _well_formed(figures):
+        return
+    retired_path = os.path.join(directory, RETIRED)
+    merged: dict[str, Metric] = {}
+    sums: Sums = {}
+    for families in (_read_families(retired_path), figures["families"]):
+        add_families(merged, sums, [f for f in families if f[2] in CUMULATIVE], alive=False)
+    families_out = [
+        [
+            name,
+            family.documentation,
+            family.type,
+            [[s, dict(labels), v] for (s, labels), v in sums[name].items()],
+        ]
+        for name, family in merged.items()
+    ]
+    try:
+        with open(retired_path + ".partial", "wb") as file:
+            file.write(orjson.dumps({"families": families_out, "health": {"sockets": 0}}))
+        os.replace(retired_path + ".partial", retired_path)
+    except OSError as error:
+        log.error("could not keep the counts of the worker with pid %d after it ended: %s", pid, error)
+
+
+def _read(path: str) -> Any:
+    try:
+        with open(path, "rb") as file:
+            return orjson.loads(file.read())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+
+
+def _read_families(path: str) -> list[Any]:
+    figures = _read(path)
+    return figures["families"] if _well_formed(figures) else []
 
 
 def _well_formed(figures: Any) -> bool:
