@@ -27,4 +27,5 @@ def open_event_log(config: Config, shared_dir: str | None = None) -> EventLog:
         config.events_keep,
         shared=True,
         writers_lock=os.path.join(shared_dir, "events-writers.lock"),
+        file_record=os.path.join(shared_dir, "events-file"),
     )

@@ -67,7 +67,9 @@ class SqliteEventLog(EventLog):
     kind = "sqlite"
     _closing = False
 
-    def __init__(self, path: str, keep: int, shared: bool = False, writers_lock: str = "") -> None:
+    def __init__(
+        self, path: str, keep: int, shared: bool = False, writers_lock: str = "", file_record: str = ""
+    ) -> None:
         super().__init__()
         self.path = path
         self.keep = keep
@@ -82,6 +84,8 @@ class SqliteEventLog(EventLog):
         self.in_memory = path == ":memory:"
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-events-write")
         self._db = self._writer_thread.submit(self._open_writer).result()
+        if file_record and not self.in_memory:
+            self._same_file_as_the_others(file_record)
         if self.in_memory:
             # Another connection would open another, empty database: reads share the
             # writer's. Pages are bounded and in memory, so they cost a write little.
@@ -118,6 +122,25 @@ class SqliteEventLog(EventLog):
         self.told = Told((newest or 0, 0), None if newest is None else make_cursor(self.log_id, str(newest)))
         db.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")  # from now on writes wait in _begin
         return db
+
+    def _same_file_as_the_others(self, record: str) -> None:
+        """WORKERS: the first worker records which file it opened; one started later (a
+        replacement) after EVENTS_DB was deleted or replaced would otherwise serve a new
+        log of its own, beside the others' 503s."""
+        assert self._file is not None
+        mine = f"{self._file[0]}:{self._file[1]}"
+        partial = f"{record}.{os.getpid()}"
+        Path(partial).write_text(mine)
+        try:
+            os.link(partial, record)  # whole or not at all, and only the first one's
+        except FileExistsError:
+            if Path(record).read_text() != mine:
+                raise sqlite3.OperationalError(
+                    f"EVENTS_DB {self.path} is not the file the other workers opened (it was deleted or "
+                    "replaced while the server ran): restart the server"
+                ) from None
+        finally:
+            os.remove(partial)
 
     def _identity(self) -> tuple[int, int] | None:
         if self.in_memory:

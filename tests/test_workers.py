@@ -925,3 +925,22 @@ def test_the_parent_folds_a_dead_workers_figures_and_removes_its_file(server_pro
     assert sorted(path.name for path in Path(shared[1]).glob(f"*{SUFFIX}")) == sorted([*live, RETIRED])
     tokens = ("livekit_app_token_requests_total", (("shape", "openvidu"), ("status", "200")))
     assert scrape(server.url)[0][tokens] == 30  # what the killed workers answered is still counted
+
+
+def test_a_replacement_worker_does_not_start_a_log_of_its_own_when_the_store_was_deleted(
+    server_process: Any, tmp_path: Path
+) -> None:
+    store = tmp_path / "events.sqlite3"
+    server = started(server_process(WORKERS="2", LOG_LEVEL="INFO", EVENTS_DB=str(store)), 2)
+    assert server.process is not None
+    assert post_webhook(server.url, webhook_event("room_started", room="before")) == 200
+    for path in tmp_path.glob("events.sqlite3*"):
+        path.unlink()
+    os.kill(sorted(worker_pids(server.process.pid), key=started_at)[1], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while "is not the file the other workers opened" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+    # Every webhook is refused (by worker 0: its file is gone), none stored in a new log.
+    statuses = {post_webhook(server.url, webhook_event("room_started", room=f"after-{n}")) for n in range(10)}
+    assert statuses == {503}
