@@ -164,6 +164,9 @@ class Supervisor:
         os.close(write_end)
         self.children[pid] = (worker, time.monotonic())  # before a stop signal can run
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        if self.stopping:  # a signal whose handler ran before this child was known
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         try:
             if not wait_ready:
                 return None
@@ -193,7 +196,10 @@ class Supervisor:
             worker, started = self.children.pop(pid, (-1, 0.0))
             if self.stopping or worker < 0:
                 continue
-            self.ended(pid)
+            try:
+                self.ended(pid)
+            except Exception:  # its figures are not worth the supervisor
+                log.exception("after worker %d (pid %d) ended", worker, pid)
             self.listening.gone(worker)
             code = os.waitstatus_to_exitcode(status)
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
@@ -234,7 +240,10 @@ def stop_when_parent_dies(parent: int) -> None:
     would serve on, unsupervised, holding the port (Linux's PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+                log.warning(
+                    "a worker will not stop with its parent: prctl failed (errno %d)", ctypes.get_errno()
+                )
     if os.getppid() != parent:  # it died before that took effect
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 # it this long, in short steps so that close() can stop the wait (SQLite's own cannot be).
 BUSY_SECONDS = 5.0
 BUSY_STEP_MS = 50
+LOCK_FIRST_PAUSE = 0.0002  # seconds: the first wait for the workers' write lock
 _PRUNE_EVERY_SECONDS = 60
 # WORKERS on one file: how often a worker looks for entries the others appended, and how
 # many it reads at once.
@@ -83,6 +84,8 @@ class SqliteEventLog(EventLog):
         self._appended = asyncio.Event()
         self.in_memory = path == ":memory:"
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-events-write")
+        if file_record and not self.in_memory and os.path.exists(file_record):
+            self._check_recorded(file_record, self._identity())  # before creating one anew
         self._db = self._writer_thread.submit(self._open_writer).result()
         if file_record and not self.in_memory:
             self._same_file_as_the_others(file_record)
@@ -134,13 +137,16 @@ class SqliteEventLog(EventLog):
         try:
             os.link(partial, record)  # whole or not at all, and only the first one's
         except FileExistsError:
-            if Path(record).read_text() != mine:
-                raise sqlite3.OperationalError(
-                    f"EVENTS_DB {self.path} is not the file the other workers opened (it was deleted or "
-                    "replaced while the server ran): restart the server"
-                ) from None
+            self._check_recorded(record, self._file)
         finally:
             os.remove(partial)
+
+    def _check_recorded(self, record: str, identity: tuple[int, int] | None) -> None:
+        if identity is None or Path(record).read_text() != f"{identity[0]}:{identity[1]}":
+            raise sqlite3.OperationalError(
+                f"EVENTS_DB {self.path} is not the file the other workers opened (it was deleted or "
+                "replaced while the server ran): restart the server"
+            )
 
     def _identity(self) -> tuple[int, int] | None:
         if self.in_memory:
@@ -282,6 +288,7 @@ class SqliteEventLog(EventLog):
         while it held it (SIGSTOP, a debugger) must not hang every other's webhooks. The
         kernel lets go of it when its holder dies."""
         deadline = time.monotonic() + BUSY_SECONDS
+        pause = LOCK_FIRST_PAUSE
         while True:
             try:
                 fcntl.lockf(self._writers_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -291,7 +298,10 @@ class SqliteEventLog(EventLog):
                 if not held or self._closing or time.monotonic() > deadline:
                     why = f"not free within {BUSY_SECONDS:g} s" if held else str(error)
                     raise sqlite3.OperationalError(f"the workers' write lock: {why}") from None
-                time.sleep(BUSY_STEP_MS / 1000)
+                # Another worker's commit takes a millisecond or so: look again soon, then
+                # less often (a stopped holder is not worth a busy thread).
+                time.sleep(pause)
+                pause = min(pause * 2, BUSY_STEP_MS / 1000)
 
     def _begin(self, db: sqlite3.Connection) -> None:
         deadline = time.monotonic() + BUSY_SECONDS

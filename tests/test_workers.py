@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -27,6 +28,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
 from dev.livekit_server import HOW_TO_GET, LiveKitServer, find_binary, free_port
+from ground.config import PROJECT_DIR
 from tests.admin import SECRET, admin, path_of
 from tests.conftest import (
     events_url,
@@ -905,6 +907,18 @@ def test_counters_never_go_back_whichever_worker_answers(tmp_path: Path) -> None
     assert scraped_things(second)[0] == 15 + 8  # and on again once the files catch up
 
 
+def counted_in_files(shared: Path) -> float:
+    """The OpenVidu-shaped tokens answered, as the workers' files (and the retired one) say:
+    what a scrape adds up, without the highest answered before standing in for a late file."""
+    total = 0.0
+    for path in shared.glob("*.figures.json"):
+        with contextlib.suppress(ValueError, OSError):
+            for name, _, _, samples in json.loads(path.read_text())["families"]:
+                if name == "livekit_app_token_requests":
+                    total += sum(v for _, labels, v in samples if labels.get("shape") == "openvidu")
+    return total
+
+
 def test_the_parent_folds_a_dead_workers_figures_and_removes_its_file(server_process: Any) -> None:
     from handlers.support.worker_figures import RETIRED, SUFFIX
 
@@ -912,9 +926,13 @@ def test_the_parent_folds_a_dead_workers_figures_and_removes_its_file(server_pro
     assert server.process is not None
     shared = re.search(r"workers \(WORKERS;[^)]* sharing ([^;)\s]+)", server.log_text())
     assert shared
-    for _round in range(3):
+    tokens = ("livekit_app_token_requests_total", (("shape", "openvidu"), ("status", "200")))
+    for round_ in range(3):
         assert {request_token(server.url)[0] for _ in range(10)} == {200}
-        time.sleep(1.5)  # every worker has written what it counted
+        deadline = time.monotonic() + 20
+        while counted_in_files(Path(shared[1])) != 10 * (round_ + 1):  # every worker wrote its count
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
         victim = sorted(worker_pids(server.process.pid), key=started_at)[-1]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 20
@@ -923,7 +941,6 @@ def test_the_parent_folds_a_dead_workers_figures_and_removes_its_file(server_pro
         assert workers_seen(server.url, 2) == {"0", "1"}
     live = sorted(f"{pid}{SUFFIX}" for pid in worker_pids(server.process.pid))
     assert sorted(path.name for path in Path(shared[1]).glob(f"*{SUFFIX}")) == sorted([*live, RETIRED])
-    tokens = ("livekit_app_token_requests_total", (("shape", "openvidu"), ("status", "200")))
     assert scrape(server.url)[0][tokens] == 30  # what the killed workers answered is still counted
 
 
@@ -944,3 +961,37 @@ def test_a_replacement_worker_does_not_start_a_log_of_its_own_when_the_store_was
     # Every webhook is refused (by worker 0: its file is gone), none stored in a new log.
     statuses = {post_webhook(server.url, webhook_event("room_started", room=f"after-{n}")) for n in range(10)}
     assert statuses == {503}
+
+
+STOPPED_WHILE_BINDING = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from workers import ListeningSets, Supervisor
+
+def serve(worker, ready):
+    ready()
+    time.sleep(60)
+    return 0
+
+def bind():
+    os.kill(os.getpid(), signal.SIGTERM)  # the stop comes while a set is bound again
+    return []
+
+sys.exit(Supervisor(2, serve, listening=ListeningSets([[], []], bind)).run())
+"""
+
+
+def test_a_stop_while_a_replacement_is_being_started_stops_it_too() -> None:
+    """The replacement forked after the stop signal's handler ran is told to stop as well,
+    instead of serving on while the parent waits for it for good."""
+    process = subprocess.Popen([sys.executable, "-c", STOPPED_WHILE_BINDING, str(PROJECT_DIR)])
+    try:
+        deadline = time.monotonic() + 20
+        while len(worker_pids(process.pid)) < 2:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.02)
+        os.kill(worker_pids(process.pid)[0], signal.SIGKILL)  # its replacement's set is bound again
+        assert process.wait(15) == 0
+    finally:
+        process.kill()
+        process.wait()

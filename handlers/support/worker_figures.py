@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,6 +41,7 @@ SUFFIX = ".figures.json"
 RETIRED = "retired" + SUFFIX  # what ended workers counted (counters and histograms)
 SERVED = "served.json"  # the highest value each scrape answered, per cumulative series
 CUMULATIVE = frozenset(("counter", "histogram", "summary"))
+LOCK_WAIT_SECONDS = 0.2
 
 Sums = dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]
 
@@ -102,9 +104,11 @@ class WorkerFigures(Collector):
         merged: dict[str, Metric] = {}
         sums: Sums = {}
         figures: dict[str, Any]
-        for figures, alive in [({"families": self._families()}, True), *self._others()]:
-            add_families(merged, sums, figures["families"], alive)
-        never_less_than_served(self.directory, merged, sums)
+        with FiguresLock(self.directory) as locked:  # no file retired while they are read
+            for figures, alive in [({"families": self._families()}, True), *self._others()]:
+                add_families(merged, sums, figures["families"], alive)
+            if locked:
+                never_less_than_served(self.directory, merged, sums)
         for name, family in merged.items():
             for (sample_name, labels), value in sums[name].items():
                 family.add_sample(sample_name, dict(labels), value)
@@ -137,42 +141,73 @@ def add_families(merged: dict[str, Metric], sums: Sums, families: list[Any], ali
             sums[name][key] = sums[name].get(key, 0.0) + value
 
 
+class FiguresLock:
+    """What a scrape and `retire` hold: True once held. Waited for a moment only, on the
+    event loop: a worker stopped (SIGSTOP) while it held it must not stop the others."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, SERVED + ".lock")
+        self.file: Any = None
+
+    def __enter__(self) -> bool:
+        try:
+            self.file = open(self.path, "a")  # closed, and so released, in __exit__
+        except OSError:
+            return False
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.lockf(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.001)
+
+    def __exit__(self, *exception: object) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
 def never_less_than_served(directory: str, merged: dict[str, Metric], sums: Sums) -> None:
     """Raise each cumulative series to the highest value answered before (by any worker),
-    and record what this scrape answers; under a lock, scrapes being few."""
+    and record what this scrape answers. Under FiguresLock."""
     path = os.path.join(directory, SERVED)
+    served = _read(path)
+    served = served if isinstance(served, dict) else {}
+    for name, family in merged.items():
+        if family.type not in CUMULATIVE:
+            continue
+        before = served.get(name)
+        before = before if isinstance(before, dict) else {}
+        for key in sums[name]:
+            text = orjson.dumps(key).decode()
+            value = before.get(text)
+            if isinstance(value, (int, float)) and value > sums[name][key]:
+                sums[name][key] = value
+            before[text] = sums[name][key]
+        served[name] = before
     try:
-        with open(path + ".lock", "a") as lock:
-            fcntl.lockf(lock, fcntl.LOCK_EX)
-            served = _read(path)
-            served = served if isinstance(served, dict) else {}
-            for name, family in merged.items():
-                if family.type not in CUMULATIVE:
-                    continue
-                before = served.get(name)
-                before = before if isinstance(before, dict) else {}
-                for key in sums[name]:
-                    text = orjson.dumps(key).decode()
-                    value = before.get(text)
-                    if isinstance(value, (int, float)) and value > sums[name][key]:
-                        sums[name][key] = value
-                    before[text] = sums[name][key]
-                served[name] = before
-            with open(path + ".partial", "wb") as file:
-                file.write(orjson.dumps(served))
-            os.replace(path + ".partial", path)
-    except OSError as error:  # the sums as they are: they may be a second stale
+        with open(path + ".partial", "wb") as file:
+            file.write(orjson.dumps(served))
+        os.replace(path + ".partial", path)
+    except OSError as error:  # this scrape's sums stand; the next may go back a little
         log.error("could not keep /metrics counters from going back: %s", error)
 
 
 def retire(directory: str, pid: int) -> None:
     """In the parent, once worker `pid` has ended: its counters and histograms folded into
-    RETIRED, its own file removed. Removed first: a scrape in between may miss its counts
-    for a moment (SERVED covers that), but never counts them twice."""
+    RETIRED, its own file removed; under FiguresLock, so that no scrape reads both."""
+    with FiguresLock(directory):  # held or not: the parent does not wait on a stopped worker
+        _fold(directory, pid)
+
+
+def _fold(directory: str, pid: int) -> None:
     path = os.path.join(directory, f"{pid}{SUFFIX}")
     figures = _read(path)
-    with contextlib.suppress(OSError):
-        os.remove(path)
+    for leftover in (path, path + ".partial"):  # .partial: killed in the middle of a write
+        with contextlib.suppress(OSError):
+            os.remove(leftover)
     if not _well_formed(figures):
         return
     retired_path = os.path.join(directory, RETIRED)
