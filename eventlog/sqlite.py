@@ -77,8 +77,8 @@ class SqliteEventLog(EventLog):
         # WORKERS: other processes append to this file too. Listeners then hear of every
         # entry, ours and theirs, from one follower that reads the file in seq order.
         self.shared = shared
-        # And they take turns writing by a lock file of their own, which wakes the next
-        # writer the moment one commits: waiting on SQLite's lock sleeps 1 to 50 ms a try.
+        # And they take turns writing by a lock file of their own, looked at again 0.2 ms
+        # after a miss, then less often: waiting on SQLite's lock sleeps 1 to 50 ms a try.
         self._writers_lock = os.open(writers_lock, os.O_RDWR | os.O_CREAT, 0o600) if writers_lock else -1
         self._follower: asyncio.Task[None] | None = None
         self._appended = asyncio.Event()
