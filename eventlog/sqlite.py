@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 # it this long, in short steps so that close() can stop the wait (SQLite's own cannot be).
 BUSY_SECONDS = 5.0
 BUSY_STEP_MS = 50
-LOCK_FIRST_PAUSE = 0.0002  # seconds: the first wait for the workers' write lock
+LOCK_FIRST_PAUSE, LOCK_MAX_PAUSE = 0.0002, 0.001  # seconds between looks at the workers' lock
 _PRUNE_EVERY_SECONDS = 60
 # WORKERS on one file: how often a worker looks for entries the others appended, and how
 # many it reads at once.
@@ -77,8 +77,8 @@ class SqliteEventLog(EventLog):
         # WORKERS: other processes append to this file too. Listeners then hear of every
         # entry, ours and theirs, from one follower that reads the file in seq order.
         self.shared = shared
-        # And they take turns writing by a lock file of their own, looked at again 0.2 ms
-        # after a miss, then less often: waiting on SQLite's lock sleeps 1 to 50 ms a try.
+        # And they take turns writing by a lock file of their own, looked at again within a
+        # millisecond of a miss: waiting on SQLite's lock sleeps 1 to 50 ms a try.
         self._writers_lock = os.open(writers_lock, os.O_RDWR | os.O_CREAT, 0o600) if writers_lock else -1
         self._follower: asyncio.Task[None] | None = None
         self._appended = asyncio.Event()
@@ -298,10 +298,9 @@ class SqliteEventLog(EventLog):
                 if not held or self._closing or time.monotonic() > deadline:
                     why = f"not free within {BUSY_SECONDS:g} s" if held else str(error)
                     raise sqlite3.OperationalError(f"the workers' write lock: {why}") from None
-                # Another worker's commit takes a millisecond or so: look again soon, then
-                # less often (a stopped holder is not worth a busy thread).
+                # Another worker's commit takes a millisecond or so: look again within one.
                 time.sleep(pause)
-                pause = min(pause * 2, BUSY_STEP_MS / 1000)
+                pause = min(pause * 2, LOCK_MAX_PAUSE)
 
     def _begin(self, db: sqlite3.Connection) -> None:
         deadline = time.monotonic() + BUSY_SECONDS
