@@ -10,7 +10,6 @@ that another must (events, bans, limits) goes through the store, never through h
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import select
@@ -239,6 +238,8 @@ def stop_when_parent_dies(parent: int) -> None:
     """A worker gets SIGTERM (and drains) when the parent dies, even by SIGKILL: else it
     would serve on, unsupervised, holding the port (Linux's PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux"):
+        import ctypes  # here: a server without workers need not load it (half a MiB)
+
         with contextlib.suppress(OSError, AttributeError):
             if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
                 log.warning(
