@@ -23,9 +23,12 @@ from ground.config import Config, usable_cores
 
 log = logging.getLogger("server")
 
-# A worker that dies this soon after it started is not restarted at once: a crash loop
-# (say, a full disk) would otherwise fork as fast as it can.
+# A worker that ends before it said it serves failed to start: its replacement waits
+# RESTART_DELAY_SECONDS, twice that after a second failure in a row, and so on up to
+# RESTART_DELAY_MAX_SECONDS. A crash loop (say, a full disk) would otherwise fork as fast
+# as it can, and reset the connections that land in its listening set each time.
 RESTART_DELAY_SECONDS = 1.0
+RESTART_DELAY_MAX_SECONDS = 30.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Waiting for a worker to say it serves: beyond this, start-up has failed.
 READY_SECONDS = 60.0
@@ -105,6 +108,8 @@ class Supervisor:
         self.listening = listening or ListeningSets([])
         self.ended = ended  # told the pid of each worker that ended while serving
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker id, started at)
+        self.failed_starts: dict[int, int] = {}  # worker id -> failed starts in a row
+        self.readiness: dict[int, int] = {}  # a replacement's pid -> its pipe's read end
         self.stopping = ""
 
     def run(self) -> int:
@@ -166,14 +171,28 @@ class Supervisor:
         if self.stopping:  # a signal whose handler ran before this child was known
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+        if not wait_ready:  # a replacement: whether it said so is read when it ends
+            os.set_blocking(read_end, False)
+            self.readiness[pid] = read_end
+            return None
         try:
-            if not wait_ready:
-                return None
             readable, _, _ = select.select([read_end], [], [], READY_SECONDS)
             if readable and os.read(read_end, 1) == b"r":
                 return None
             # Closed without a word: it ended (or hangs); its own line says why.
             return self._reap(pid)
+        finally:
+            os.close(read_end)
+
+    def _had_served(self, pid: int) -> bool:
+        """Whether a worker that ended had said it serves (and its pipe closed)."""
+        read_end = self.readiness.pop(pid, -1)
+        if read_end < 0:
+            return True  # started with wait_ready: it had, or the start had failed
+        try:
+            return os.read(read_end, 1) == b"r"
+        except BlockingIOError:
+            return False
         finally:
             os.close(read_end)
 
@@ -193,6 +212,7 @@ class Supervisor:
             except ChildProcessError:
                 break
             worker, started = self.children.pop(pid, (-1, 0.0))
+            had_served = self._had_served(pid)
             if self.stopping or worker < 0:
                 continue
             try:
@@ -202,19 +222,37 @@ class Supervisor:
             self.listening.gone(worker)
             code = os.waitstatus_to_exitcode(status)
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            log.error("worker %d (pid %d) %s; starting another", worker, pid, how)
-            if time.monotonic() - started < RESTART_DELAY_SECONDS:
-                time.sleep(RESTART_DELAY_SECONDS)
+            failed = self.failed_starts[worker] = 0 if had_served else self.failed_starts.get(worker, 0) + 1
+            if failed:
+                delay = min(RESTART_DELAY_SECONDS * 2 ** (failed - 1), RESTART_DELAY_MAX_SECONDS)
+            else:  # it served, but not for long: not at once either
+                delay = RESTART_DELAY_SECONDS if time.monotonic() - started < RESTART_DELAY_SECONDS else 0
+            log.error(
+                "worker %d (pid %d) %s; starting another%s",
+                worker,
+                pid,
+                how,
+                f" in {delay:g} s ({failed} failed start{'s' if failed > 1 else ''} in a row)"
+                if failed
+                else "",
+            )
+            self._pause(delay)
             while not self.stopping:
                 try:
                     self.listening.renew(worker)
                 except OSError as error:
                     log.error("worker %d: the port cannot be bound again now (%s); retrying", worker, error)
-                    time.sleep(RESTART_DELAY_SECONDS)
+                    self._pause(RESTART_DELAY_SECONDS)
                     continue
                 self._start(worker, wait_ready=False)
                 break
         return 0
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, but not past a stop signal (a sleep resumes after a signal's handler)."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
 
     def _stop(self, signum: int, frame: object) -> None:
         if not self.stopping:

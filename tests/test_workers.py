@@ -835,6 +835,8 @@ def test_connections_do_not_wait_for_a_worker_that_cannot_be_replaced(
     while "exited with code" not in server.log_text() and time.monotonic() < deadline:
         time.sleep(0.05)  # the first replacement has failed
     outcomes: dict[str, int] = {}
+    # Each failed start in a row waits twice as long before the next (1 s, 2 s, 4 s ...).
+    assert "exited with code 1; starting another in 1 s (1 failed start in a row)" in server.log_text()
     for _ in range(40):
         try:
             with urllib.request.urlopen(server.url + "/healthz", timeout=5) as answer:
@@ -849,6 +851,10 @@ def test_connections_do_not_wait_for_a_worker_that_cannot_be_replaced(
         time.sleep(0.05)
     assert "waited" not in outcomes, outcomes
     assert outcomes.get("503", 0) >= 20, outcomes  # answered, by worker 0
+    deadline = time.monotonic() + 15
+    while "starting another in 2 s (2 failed starts in a row)" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
 
 
 def figures_counting(directory: Path, count: float, pid: int | None = None) -> tuple[Any, Any]:
