@@ -100,6 +100,9 @@ class HealthHandler(Handler):
             if runners:
                 health["eventHandlers"] = runners[0]
             health["workers"] = len(everyone)
+            health["workersExpected"] = self.config.workers
+            if len(everyone) < self.config.workers and health["status"] == "ok":
+                health["status"] = "degraded"  # one is being replaced, or fails to start
         if self.worker is not None:  # which one answered
             health["worker"] = self.worker
         self.write_json(health, status=status)

@@ -1001,3 +1001,45 @@ def test_a_stop_while_a_replacement_is_being_started_stops_it_too() -> None:
     finally:
         process.kill()
         process.wait()
+
+
+FAILS_WHILE_MARKED = """
+import os
+
+
+def setup(app):
+    if os.path.exists(os.environ["FAIL_MARKER"]):
+        raise RuntimeError("the marker is there")
+"""
+
+
+def test_healthz_is_degraded_while_a_worker_fails_to_start(server_process: Any, tmp_path: Path) -> None:
+    (tmp_path / "fails_while_marked.py").write_text(FAILS_WHILE_MARKED)
+    marker = tmp_path / "marker"
+    server = started(
+        server_process(
+            WORKERS="2",
+            LOG_LEVEL="INFO",
+            APP_EXTENSIONS="fails_while_marked",
+            PYTHONPATH=str(tmp_path),
+            FAIL_MARKER=str(marker),
+        ),
+        2,
+    )
+    assert server.process is not None
+    body, _ = health(server.url)
+    assert (body["status"], body["workers"], body["workersExpected"]) == ("ok", 2, 2)
+    marker.touch()
+    os.kill(sorted(worker_pids(server.process.pid), key=started_at)[1], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while "(1 failed start in a row)" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+    body, worker = health(server.url)  # only worker 0 is left to answer
+    assert (body["status"], body["workers"], body["workersExpected"], worker) == ("degraded", 1, 2, "0")
+    marker.unlink()
+    deadline = time.monotonic() + 20
+    while health(server.url)[0]["status"] != "ok":  # the next try (after 1 or 2 s) starts
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.1)
+    assert workers_seen(server.url, 2) == {"0", "1"}
