@@ -230,6 +230,17 @@ def worker_pids(parent: int) -> list[int]:
     return [int(pid) for pid in children]
 
 
+def kill_last_started_worker(server: Any) -> None:
+    os.kill(sorted(worker_pids(server.process.pid), key=started_at)[-1], signal.SIGKILL)
+
+
+def wait_for_log(server: Any, text: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
 def test_pinned_workers_are_each_held_to_one_core_round_robin(server_process: Any, workers: int) -> None:
     server = started(server_process(WORKERS=str(workers), WORKERS_PINNED="true"), workers)
@@ -830,10 +841,8 @@ def test_connections_do_not_wait_for_a_worker_that_cannot_be_replaced(
     assert server.process is not None
     store.rename(tmp_path / "moved")  # the running workers keep their open store
     store.write_text("not a directory")  # every replacement now fails to start
-    os.kill(sorted(worker_pids(server.process.pid), key=started_at)[1], signal.SIGKILL)
-    deadline = time.monotonic() + 15
-    while "exited with code" not in server.log_text() and time.monotonic() < deadline:
-        time.sleep(0.05)  # the first replacement has failed
+    kill_last_started_worker(server)
+    wait_for_log(server, "exited with code")  # the first replacement has failed
     outcomes: dict[str, int] = {}
     # Each failed start in a row waits twice as long before the next (1 s, 2 s, 4 s ...).
     assert "exited with code 1; starting another in 1 s (1 failed start in a row)" in server.log_text()
@@ -851,10 +860,7 @@ def test_connections_do_not_wait_for_a_worker_that_cannot_be_replaced(
         time.sleep(0.05)
     assert "waited" not in outcomes, outcomes
     assert outcomes.get("503", 0) >= 20, outcomes  # answered, by worker 0
-    deadline = time.monotonic() + 15
-    while "starting another in 2 s (2 failed starts in a row)" not in server.log_text():
-        assert time.monotonic() < deadline, server.log_text()
-        time.sleep(0.05)
+    wait_for_log(server, "starting another in 2 s (2 failed starts in a row)")
 
 
 def figures_counting(directory: Path, count: float, pid: int | None = None) -> tuple[Any, Any]:
@@ -941,9 +947,7 @@ def test_the_parent_folds_a_dead_workers_figures_and_removes_its_file(server_pro
             time.sleep(0.1)
         victim = sorted(worker_pids(server.process.pid), key=started_at)[-1]
         os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while f"(pid {victim}) was killed" not in server.log_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_log(server, f"(pid {victim}) was killed")
         assert workers_seen(server.url, 2) == {"0", "1"}
     live = sorted(f"{pid}{SUFFIX}" for pid in worker_pids(server.process.pid))
     assert sorted(path.name for path in Path(shared[1]).glob(f"*{SUFFIX}")) == sorted([*live, RETIRED])
@@ -959,11 +963,8 @@ def test_a_replacement_worker_does_not_start_a_log_of_its_own_when_the_store_was
     assert post_webhook(server.url, webhook_event("room_started", room="before")) == 200
     for path in tmp_path.glob("events.sqlite3*"):
         path.unlink()
-    os.kill(sorted(worker_pids(server.process.pid), key=started_at)[1], signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while "is not the file the other workers opened" not in server.log_text():
-        assert time.monotonic() < deadline, server.log_text()
-        time.sleep(0.05)
+    kill_last_started_worker(server)
+    wait_for_log(server, "is not the file the other workers opened")
     # Every webhook is refused (by worker 0: its file is gone), none stored in a new log.
     statuses = {post_webhook(server.url, webhook_event("room_started", room=f"after-{n}")) for n in range(10)}
     assert statuses == {503}
@@ -1030,11 +1031,8 @@ def test_healthz_is_degraded_while_a_worker_fails_to_start(server_process: Any, 
     body, _ = health(server.url)
     assert (body["status"], body["workers"], body["workersExpected"]) == ("ok", 2, 2)
     marker.touch()
-    os.kill(sorted(worker_pids(server.process.pid), key=started_at)[1], signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while "(1 failed start in a row)" not in server.log_text():
-        assert time.monotonic() < deadline, server.log_text()
-        time.sleep(0.05)
+    kill_last_started_worker(server)
+    wait_for_log(server, "(1 failed start in a row)")
     body, worker = health(server.url)  # only worker 0 is left to answer
     assert (body["status"], body["workers"], body["workersExpected"], worker) == ("degraded", 1, 2, "0")
     marker.unlink()

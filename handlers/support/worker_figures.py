@@ -214,7 +214,7 @@ def _fold(directory: str, pid: int) -> None:
     merged: dict[str, Metric] = {}
     sums: Sums = {}
     for families in (_read_families(retired_path), figures["families"]):
-        add_families(merged, sums, [f for f in families if f[2] in CUMULATIVE], alive=False)
+        add_families(merged, sums, families, alive=False)  # not alive: its gauges are left out
     families_out = [
         [
             name,
