@@ -104,7 +104,7 @@ def make_app(
     authorize = (
         BUILT_IN,
         *extensions.authorize,
-        Step("bans and IDENTITY_CONFLICT", rooms.admission.authorize),
+        Step("bans and IDENTITY_CONFLICT", rooms.admission.authorize, waits=rooms.admission.waits),
     )
     # Each module's routes, tried in order: the busiest endpoint first; extensions' last.
     routes: list[Any] = [

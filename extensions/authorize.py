@@ -160,6 +160,9 @@ class Step:
 
     source: str
     function: Authorize
+    # False for a step that never waits (no I/O, no timers): with only such steps, /token
+    # answers without a RequestHandler (handlers/support/lane.py). Extensions' steps wait.
+    waits: bool = True
 
 
 class AuthorizeError(RuntimeError):

@@ -2,55 +2,67 @@
 
 One path for both request shapes: the body is read into one TokenRequest (400 for what
 is not a request at all), the authorize chain decides (the built-in rules of
-token_rules.py, then each extension's `authorize`, in APP_EXTENSIONS order), and the
-final grant is minted."""
+token_rules.py, then each extension's `authorize`, in APP_EXTENSIONS order, then bans
+and identity conflicts), and the final grant is minted."""
 
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import logging
 import time
 from typing import Any
 
 import orjson
+import tornado.web
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from livekit.protocol.room import RoomConfiguration
+from tornado.httputil import HTTPServerRequest
 
 from extensions.app import AppContext
 from extensions.authorize import AuthorizeError, Cookies, Grant, Refuse, Step, TokenRequest, run_chain
 from ground.config import Config
 from ground.errors import ApiError
 from ground.logsafe import quoted
-from handlers.support.base import Handler, Route, header
+from handlers.support.base import Handler, Route, header, json_object
+from handlers.support.lane import Exchange, Lane
 from handlers.support.ratelimit import RateLimiter, SharedRateLimiter
 from handlers.support.token_rules import attributes_map, check_grant, identifier, text
 
 log = logging.getLogger(__name__)
 
 
-class TokenHandler(Handler):
-    metrics_label = "token"  # what /metrics counts it as (handlers/support/metrics.py)
-    max_body_bytes = 64 * 1024
-    cors_methods = "POST, OPTIONS"
+class TokenEndpoint:
+    """What /token does with a POST, whichever way it came: through TokenHandler, or
+    answered at once on the lane (handlers/support/lane.py) when no step of the chain
+    waits, the usual case (the built-in rules, bans held in memory, IDENTITY_CONFLICT=replace,
+    no extension's step)."""
 
-    def initialize(
-        self, rate_limiter: RateLimiter | None, steps: tuple[Step, ...], app_context: AppContext
+    def __init__(
+        self,
+        config: Config,
+        rate_limiter: RateLimiter | None,
+        steps: tuple[Step, ...],
+        app_context: AppContext,
     ) -> None:
+        self.config = config
         self.rate_limiter = rate_limiter  # None: TOKEN_RATE_LIMIT=0
         self.steps = steps
         self.app_context = app_context
+        self.on_lane = not any(step.waits for step in steps)
 
-    def prepare(self) -> None:
-        if self.request.method == "POST":
-            # Counted before anything else, so guessing credentials is limited too.
-            wait = self.rate_limiter.retry_after(self.request.remote_ip or "") if self.rate_limiter else 0
-            if wait:
-                raise ApiError(429, f"Too many token requests; retry in {wait} s", {"Retry-After": str(wait)})
-        super().prepare()
+    def check_rate(self, request: HTTPServerRequest) -> None:
+        # Counted before anything else, so guessing credentials is limited too.
+        wait = self.rate_limiter.retry_after(request.remote_ip or "") if self.rate_limiter else 0
+        if wait:
+            raise ApiError(429, f"Too many token requests; retry in {wait} s", {"Retry-After": str(wait)})
 
-    async def post(self) -> None:
-        request = self.token_request(self.json_object())
+    async def answer(
+        self, http_request: HTTPServerRequest, body: dict[str, Any], log_fields: dict[str, Any]
+    ) -> tuple[int, dict[str, str]]:
+        """The status and JSON answer for a body already read; ApiError for a refusal."""
+        request = self.token_request(http_request, body, log_fields)
         try:
             grant = await run_chain(self.steps, request, Grant.asked(request))
             if len(self.steps) > 1:  # the built-in rules alone make valid grants
@@ -62,18 +74,31 @@ class TokenHandler(Handler):
             log.error("no token for %s: %s", quoted(request.identity), error)
             raise ApiError(500, "Internal server error") from None
         # Logged with the request's access line: who and where, never the token.
-        self.log_fields.update(room=grant.room, identity=grant.identity)
+        log_fields.update(room=grant.room, identity=grant.identity)
         token = mint(grant, self.config)
         if request.shape == "openvidu":
-            self.write_json({"token": token})  # only that key: the Android client is strict
-        else:
-            self.write_json({"server_url": self.config.livekit_url, "participant_token": token}, status=201)
+            return 200, {"token": token}  # only that key: the Android client is strict
+        return 201, {"server_url": self.config.livekit_url, "participant_token": token}
 
-    def token_request(self, body: dict[str, Any]) -> TokenRequest:
+    def answer_at_once(self, exchange: Exchange) -> tuple[int, dict[str, str]]:
+        """The lane's: TokenHandler's checks in its order, then `answer`, which finishes
+        without waiting when no step waits."""
+        self.check_rate(exchange.request)
+        TokenHandler.check_body(exchange.request)
+        answering = self.answer(exchange.request, json_object(exchange.request.body), exchange.log_fields)
+        try:
+            answering.send(None)
+        except StopIteration as answered:
+            return answered.value
+        answering.close()
+        raise RuntimeError("a step of the /token chain waited, though every step said it would not")
+
+    def token_request(
+        self, request: HTTPServerRequest, body: dict[str, Any], log_fields: dict[str, Any]
+    ) -> TokenRequest:
         """Either shape, read: a body with `roomName` or `participantName` is the OpenVidu
         shape (both required), anything else LiveKit's standard endpoint shape (every field
         optional). Types and characters are checked here; what is allowed, by the chain."""
-        request = self.request
         common: dict[str, Any] = {
             "headers": request.headers,
             "cookies": Cookies(header(request.headers, "Cookie") or ""),
@@ -81,13 +106,13 @@ class TokenHandler(Handler):
             "app": self.app_context,
         }
         if "roomName" in body or "participantName" in body:
-            self.log_fields = {"shape": "openvidu"}
+            log_fields["shape"] = "openvidu"
             room, identity = (
                 _name(body, "roomName", required=True),
                 _name(body, "participantName", required=True),
             )
             return TokenRequest("openvidu", room, identity, "", None, None, None, **common)
-        self.log_fields = {"shape": "standard"}
+        log_fields["shape"] = "standard"
         metadata = body.get("participant_metadata")
         if metadata is not None and not isinstance(metadata, str):
             raise ApiError(400, "participant_metadata must be a string")
@@ -103,6 +128,37 @@ class TokenHandler(Handler):
             None if room_config is None else _room_config(room_config),
             **common,
         )
+
+
+class TokenHandler(Handler):
+    """/token's preflights and other methods, refusals of bodies too large, and its POSTs
+    when a step of the chain may wait."""
+
+    metrics_label = "token"  # what /metrics counts it as (handlers/support/metrics.py)
+    max_body_bytes = 64 * 1024
+    cors_methods = "POST, OPTIONS"
+
+    def initialize(self, endpoint: TokenEndpoint) -> None:
+        self.endpoint = endpoint
+
+    @classmethod
+    def lane(
+        cls, application: tornado.web.Application, request: HTTPServerRequest, kwargs: dict[str, Any]
+    ) -> Lane | None:
+        endpoint: TokenEndpoint = kwargs["endpoint"]
+        if request.method != "POST" or not endpoint.on_lane:
+            return None
+        return Lane(application, request, cls, endpoint.answer_at_once)
+
+    def prepare(self) -> None:
+        if self.request.method == "POST":
+            self.endpoint.check_rate(self.request)
+        super().prepare()
+
+    async def post(self) -> None:
+        self.log_fields: dict[str, Any] = {}
+        status, payload = await self.endpoint.answer(self.request, self.json_object(), self.log_fields)
+        self.write_json(payload, status)
 
 
 def mint(grant: Grant, config: Config) -> str:
@@ -127,12 +183,19 @@ def mint(grant: Grant, config: Config) -> str:
 _JWT_HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
 
 
+@functools.cache
+def _keyed_hmac(secret: str) -> hmac.HMAC:
+    return hmac.new(secret.encode(), digestmod="sha256")
+
+
 def sign_hs256(claims: dict[str, Any], secret: str) -> str:
     """A compact HS256 JWT (RFC 7519): what PyJWT's encode produces for these claims,
     without its per-call header merging and key checks."""
     payload = base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=")
     signing_input = _JWT_HEADER + b"." + payload
-    signature = hmac.digest(secret.encode(), signing_input, "sha256")
+    mac = _keyed_hmac(secret).copy()  # a copy of one keyed once: half of hmac.digest's work
+    mac.update(signing_input)
+    signature = mac.digest()
     return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
 
 
@@ -177,6 +240,6 @@ def routes(
             if shared_dir
             else RateLimiter(config.token_rate_limit)
         )
+    endpoint = TokenEndpoint(config, rate_limiter, authorize, app_context)
     # `//token`: the iOS client's URL when its base ends in /
-    kwargs = {"rate_limiter": rate_limiter, "steps": authorize, "app_context": app_context}
-    return [(r"/+token", TokenHandler, kwargs)]
+    return [(r"/+token", TokenHandler, {"endpoint": endpoint})]

@@ -34,6 +34,12 @@ class Admission:
         self.livekit_api = livekit_api
         self.calls = calls
 
+    @property
+    def waits(self) -> bool:
+        """False when admitting asks nothing outside this process: bans held in memory,
+        and no one to ask who is in the room (IDENTITY_CONFLICT=replace)."""
+        return not self.bans.finds_at_once or self.config.identity_conflict != "replace"
+
     async def admit(self, room: str, identity: str, name: str) -> tuple[str, str]:
         """The identity and display name to put in the token, or ApiError: 403 for a
         banned identity, 409 for one in the room (IDENTITY_CONFLICT=reject), 503 when

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -72,6 +72,9 @@ def _now_ms() -> int:
 
 
 class BanStore(ABC):
+    # True when `find` answers from this process's memory, never waiting on anything.
+    finds_at_once: ClassVar[bool] = False
+
     @abstractmethod
     async def ban(self, room: str, identity: str, seconds: int) -> Ban: ...
 
@@ -135,6 +138,8 @@ CREATE TABLE IF NOT EXISTS bans (
 
 
 class SqliteBans(BanStore):
+    finds_at_once = True  # the table is held in memory; another process's change is read at once
+
     def __init__(self, path: str, version: BanVersion | None = None) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-bans")
         # WORKERS: `version` says when another process changed the table.

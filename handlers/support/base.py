@@ -10,10 +10,11 @@ from typing import Any, ClassVar
 
 import orjson
 import tornado
+import tornado.httputil
 import tornado.routing
 import tornado.web
 import tornado.websocket
-from tornado.httputil import HTTPHeaders, format_timestamp
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, format_timestamp
 
 from ground.config import Config
 from ground.errors import ApiError
@@ -105,9 +106,10 @@ class Tracked(JsonErrors):
         finally:
             self.settings["requests_in_flight"].discard(self)
 
-    def too_large(self) -> ApiError:
+    @classmethod
+    def too_large(cls) -> ApiError:
         """The one 413 of this server."""
-        return ApiError(413, f"Request body is larger than {self.max_body_bytes} bytes")
+        return ApiError(413, f"Request body is larger than {cls.max_body_bytes} bytes")
 
     def on_connection_close(self) -> None:
         self.settings["requests_in_flight"].discard(self)
@@ -152,7 +154,7 @@ class Handler(Tracked):
         headers = self._headers = HTTPHeaders()
         headers["Server"] = SERVER_HEADER
         headers["Content-Type"] = "text/html; charset=UTF-8"
-        headers["Date"] = _http_date.now()
+        headers["Date"] = http_date.now()
         self.set_default_headers()
         self._write_buffer = []
         self._status_code = 200
@@ -163,22 +165,18 @@ class Handler(Tracked):
         headers = self._headers
         headers["Cache-Control"] = "no-store"
         headers["X-Content-Type-Options"] = "nosniff"
-        self.cors_allowed = False
-        origin = header(self.request.headers, "Origin")
-        if not self.cors_methods or origin is None:
-            return
-        allowed = self.config.cors_allowed_origins
-        if "*" in allowed:
-            self.set_header("Access-Control-Allow-Origin", "*")
-        elif origin.rstrip("/") in allowed:
-            self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Vary", "Origin")
-            if origin != "null":
-                self.set_header("Access-Control-Allow-Credentials", "true")
-        else:
-            return
-        self.cors_allowed = True
-        self.set_header("Access-Control-Expose-Headers", "Retry-After, X-Request-Id")
+        cors = cors_headers(type(self), self.request, self.config)
+        self.cors_allowed = cors is not None
+        for name, value in (cors or {}).items():
+            self.set_header(name, value)
+
+    @classmethod
+    def lane(
+        cls, application: tornado.web.Application, request: HTTPServerRequest, kwargs: dict[str, Any]
+    ) -> tornado.httputil.HTTPMessageDelegate | None:
+        """A delegate that answers this request without a handler (handlers/support/lane.py),
+        or None: this class handles it."""
+        return None
 
     def options(self, *args: Any) -> None:
         if not self.cors_methods:
@@ -197,15 +195,20 @@ class Handler(Tracked):
         method = (self.request.method or "").lower()
         if not self.max_body_bytes or method not in ("post", "put", "patch") or not self.implements(method):
             return  # 405 for a method this endpoint has not, whatever the body
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and (not is_number(declared) or int(declared) > self.max_body_bytes):
-            raise self.too_large()
-        if self.body_optional and not self.streamed_body and not self.request.body:
+        self.check_body(self.request)
+
+    @classmethod
+    def check_body(cls, request: HTTPServerRequest) -> None:
+        """A declared length over the limit (413), a media type this endpoint does not take (415)."""
+        declared = request.headers.get("Content-Length")
+        if declared is not None and (not is_number(declared) or int(declared) > cls.max_body_bytes):
+            raise cls.too_large()
+        if cls.body_optional and not cls.streamed_body and not request.body:
             return
-        content_type = self.request.headers.get("Content-Type", "")
+        content_type = request.headers.get("Content-Type", "")
         media_type = content_type.split(";", 1)[0].strip().lower()
-        if media_type not in self.content_types:
-            raise ApiError(415, f"Content-Type must be {' or '.join(self.content_types)}")
+        if media_type not in cls.content_types:
+            raise ApiError(415, f"Content-Type must be {' or '.join(cls.content_types)}")
 
     def implements(self, method: str) -> bool:
         return getattr(type(self), method) is not getattr(tornado.web.RequestHandler, method)
@@ -237,13 +240,7 @@ class Handler(Tracked):
         return self.request.body
 
     def json_object(self) -> dict[str, Any]:
-        try:
-            payload = orjson.loads(self.raw_body)  # strict JSON: no NaN, no lone surrogates
-        except orjson.JSONDecodeError:
-            raise ApiError(400, "Request body is not valid JSON") from None
-        if not isinstance(payload, dict):
-            raise ApiError(400, "Request body must be a JSON object")
-        return payload
+        return json_object(self.raw_body)
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         if status != 200:
@@ -256,6 +253,37 @@ class Handler(Tracked):
 
 
 SERVER_HEADER = f"TornadoServer/{tornado.version}"
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(body)  # strict JSON: no NaN, no lone surrogates
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "Request body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return payload
+
+
+def cors_headers(
+    endpoint: type[Handler], request: HTTPServerRequest, config: Config
+) -> dict[str, str] | None:
+    """The CORS headers of an answer to a page on another origin, or None: not such a
+    request, an endpoint without CORS, or an origin CORS_ALLOWED_ORIGINS does not list."""
+    origin = header(request.headers, "Origin")
+    if not endpoint.cors_methods or origin is None:
+        return None
+    allowed = config.cors_allowed_origins
+    if "*" in allowed:
+        headers = {"Access-Control-Allow-Origin": "*"}
+    elif origin.rstrip("/") in allowed:
+        headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        if origin != "null":
+            headers["Access-Control-Allow-Credentials"] = "true"
+    else:
+        return None
+    headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-Id"
+    return headers
 
 
 class _HttpDate:
@@ -271,7 +299,7 @@ class _HttpDate:
         return self.text
 
 
-_http_date = _HttpDate()
+http_date = _HttpDate()
 
 
 class NotFoundHandler(Handler):

@@ -21,7 +21,7 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 
 from ground.connections import TIMER_SLACK_SECONDS
-from handlers.support.base import Tracked, is_number
+from handlers.support.base import Handler, Tracked, is_number
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,10 @@ class Application(tornado.web.Application):
         path_args: list[bytes] | None = None,
         path_kwargs: dict[str, bytes] | None = None,
     ) -> httputil.HTTPMessageDelegate:
-        delegate = super().get_handler_delegate(request, target_class, target_kwargs, path_args, path_kwargs)
+        lane = issubclass(target_class, Handler) and target_class.lane(self, request, target_kwargs or {})
+        delegate = lane or super().get_handler_delegate(
+            request, target_class, target_kwargs, path_args, path_kwargs
+        )
         headers, connection = request.headers, request.connection
         declared = headers.get("Content-Length")
         if (declared in (None, "0") and "Transfer-Encoding" not in headers) or not isinstance(

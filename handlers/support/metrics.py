@@ -152,7 +152,7 @@ class Metrics:
         status = handler.get_status()
         fields: dict[str, Any] = getattr(handler, "log_fields", {})
         if status == 429:
-            self.child(self.rate_limited, type(handler).__name__).inc()
+            self.child(self.rate_limited, endpoint_name(handler)).inc()
         label = getattr(handler, "metrics_label", "")
         if label == "token":
             if handler.request.method == "POST":
@@ -167,7 +167,7 @@ class Metrics:
             else:
                 self.child(self.webhooks, "refused", WEBHOOK_REFUSALS.get(status, str(status))).inc()
         elif label == "admin":
-            action = ADMIN_ACTIONS.get((type(handler).__name__, handler.request.method or ""), "other")
+            action = ADMIN_ACTIONS.get((endpoint_name(handler), handler.request.method or ""), "other")
             self.child(self.admin_requests, action, str(status)).inc()
 
     def socket_closed(self, handler: Any) -> None:
@@ -223,3 +223,9 @@ class _EventHandlers(Collector):
         for handler, seconds in health.get("oldestPendingSeconds", {}).items():
             waiting.add_metric([str(handler)], seconds)
         yield from (handled, skipped, parked, waiting)
+
+
+def endpoint_name(handler: Any) -> str:
+    """The handler class that answered: for a POST on the lane (handlers/support/lane.py),
+    the one that would have."""
+    return getattr(handler, "endpoint", type(handler)).__name__

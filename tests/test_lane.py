@@ -1,0 +1,152 @@
+"""POST /token on the lane (handlers/support/lane.py): answered without a RequestHandler
+when no step of the chain waits, and then exactly as TokenHandler answers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from extensions.authorize import Grant, Step, TokenRequest
+from handlers.support.lane import Lane
+from handlers.token import TokenEndpoint, TokenHandler
+from tests.conftest import post_token
+
+# Headers that differ between any two answers.
+PER_ANSWER = {"Date", "X-Request-Id"}
+
+REQUESTS: list[tuple[Any, dict[str, str]]] = [
+    ({"roomName": "R", "participantName": "ada"}, {}),
+    ({"room_name": "R", "participant_identity": "ada", "participant_name": "Ada"}, {}),
+    ({"roomName": "R", "participantName": "ada"}, {"Origin": "http://localhost:5080"}),
+    ({"roomName": "R", "participantName": "ada"}, {"Origin": "http://evil.example"}),
+    ({"roomName": "R", "participantName": "ada"}, {"Authorization": "Bearer wrong"}),
+    ({"roomName": "R", "participantName": "\u3164"}, {}),
+    ({"roomName": "R"}, {}),
+    ({"room_name": "R", "participant_metadata": 5}, {}),
+    ([1, 2], {}),
+    ("{not json", {}),
+    ("", {}),
+    ({"roomName": "R", "participantName": "ada"}, {"Content-Type": "text/plain"}),
+    ({"room_name": "R", "room_config": {"egress": {}}}, {}),
+]
+
+
+def token_endpoint(app: Any) -> TokenEndpoint:
+    for rule in app.wildcard_router.rules:
+        if rule.target is TokenHandler:
+            endpoint: TokenEndpoint = rule.target_kwargs["endpoint"]
+            return endpoint
+    raise AssertionError("no /token route")
+
+
+def answer_seen(response: Any) -> tuple[int, dict[str, str], Any]:
+    """What a client sees of an answer, without what differs each time: the time and
+    request id, and the token's times and signature (its claims are compared)."""
+    headers = {name: value for name, value in response.headers.get_all() if name not in PER_ANSWER}
+    body = json.loads(response.body)
+    for field in ("token", "participant_token"):
+        if field in body:
+            payload = body[field].split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            body[field] = {name: value for name, value in claims.items() if name not in ("nbf", "exp")}
+    return response.code, headers, body
+
+
+@pytest.fixture
+def lane_finishes(monkeypatch: pytest.MonkeyPatch) -> list[Lane]:
+    """Every Lane that answered, so a test sees which way a request went."""
+    seen: list[Lane] = []
+    finish = Lane.finish
+
+    def counted(self: Lane) -> None:
+        seen.append(self)
+        finish(self)
+
+    monkeypatch.setattr(Lane, "finish", counted)
+    return seen
+
+
+@pytest.mark.settings(cors_allowed_origins=("http://localhost:5080",), token_auth_secret="s3cret")
+@pytest.mark.gen_test
+async def test_the_lane_answers_every_request_as_the_handler_does(
+    app: Any, http_client: Any, base_url: str, lane_finishes: list[Lane]
+) -> None:
+    endpoint = token_endpoint(app)
+    assert endpoint.on_lane  # the built-in rules and bans held in memory never wait
+    for body, headers in REQUESTS:
+        sent = {"Authorization": "Bearer s3cret", "Content-Type": "application/json", **headers}
+        answers = []
+        for on_lane in (True, False):
+            endpoint.on_lane = on_lane
+            before = len(lane_finishes)
+            response = await post_token(http_client, base_url, body, headers=sent)
+            assert len(lane_finishes) - before == (1 if on_lane else 0), (body, headers)
+            answers.append(answer_seen(response))
+        lane, handler = answers
+        assert lane == handler, (body, headers)
+        assert lane[0] in (200, 201) or "errorMessage" in lane[2]
+
+
+@pytest.mark.gen_test
+async def test_a_form_body_is_415_on_the_lane(
+    http_client: Any, base_url: str, lane_finishes: list[Lane]
+) -> None:
+    # TokenHandler's way answers a malformed one 400: Tornado parses form bodies before
+    # any handler code runs. The lane checks the media type first.
+    headers = {"Content-Type": "multipart/form-data; boundary=x"}
+    response = await post_token(http_client, base_url, "--x\r\nbroken", headers=headers)
+    assert response.code == 415 and len(lane_finishes) == 1
+    assert json.loads(response.body) == {"errorMessage": "Content-Type must be application/json"}
+
+
+@pytest.mark.settings(token_rate_limit=2)
+@pytest.mark.gen_test
+async def test_the_lane_counts_against_the_same_rate_limit(
+    app: Any, http_client: Any, base_url: str, lane_finishes: list[Lane]
+) -> None:
+    endpoint = token_endpoint(app)
+    first = await post_token(http_client, base_url)  # on the lane
+    endpoint.on_lane = False
+    second = await post_token(http_client, base_url)  # by TokenHandler
+    endpoint.on_lane = True
+    third = await post_token(http_client, base_url)  # on the lane, over the limit
+    assert [first.code, second.code, third.code] == [200, 200, 429]
+    assert third.headers["Retry-After"].isdigit()
+    assert len(lane_finishes) == 2
+
+
+@pytest.mark.extensions("tests.sample_extensions.first")
+@pytest.mark.gen_test
+async def test_an_extension_step_keeps_tokens_with_the_handler(
+    app: Any, http_client: Any, base_url: str, lane_finishes: list[Lane]
+) -> None:
+    assert not token_endpoint(app).on_lane  # an extension's step may wait
+    response = await post_token(http_client, base_url, headers={"X-Role": "viewer"})
+    assert response.code == 200 and lane_finishes == []
+
+
+@pytest.mark.settings(identity_conflict="reject")
+def test_identity_conflicts_that_ask_livekit_keep_tokens_with_the_handler(app: Any) -> None:
+    assert not token_endpoint(app).on_lane
+
+
+@pytest.mark.gen_test
+async def test_a_step_that_waits_though_it_said_it_would_not_is_a_500(
+    app: Any, http_client: Any, base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def waits(request: TokenRequest, grant: Grant) -> Grant:
+        await asyncio.sleep(0)
+        return grant
+
+    endpoint = token_endpoint(app)
+    endpoint.steps = (*endpoint.steps, Step("a step that waits", waits, waits=False))
+    with caplog.at_level(logging.ERROR):
+        response = await post_token(http_client, base_url)
+    assert response.code == 500
+    assert json.loads(response.body) == {"errorMessage": "Internal server error"}
+    assert "a step of the /token chain waited" in caplog.text
