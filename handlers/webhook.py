@@ -13,15 +13,18 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+import tornado.web
 from joserfc import jwt
 from joserfc.errors import InvalidClaimError, JoseError, SecurityWarning
 from joserfc.jwk import OctKey
 from joserfc.jws import extract_compact
+from tornado.httputil import HTTPServerRequest
 
 from eventlog import EventLog, StoreUnavailable
 from ground.config import Config, ConfigError
 from ground.errors import ApiError
 from handlers.support.base import Handler, Route
+from handlers.support.lane import Exchange, Lane
 from handlers.support.observe import timed_store
 
 # LiveKit signs each webhook with a 5-minute token; this much clock skew is tolerated.
@@ -89,19 +92,19 @@ class WebhookVerifier:
             raise ApiError(401, "Webhook body does not match its signature")
 
 
-class WebhookHandler(Handler):
-    metrics_label = "webhook"  # what /metrics counts it as (handlers/support/metrics.py)
-    max_body_bytes = 1024 * 1024
-    streamed_body = True  # refused from its declared length; a chunked one cut at the limit
-    content_types = ("application/webhook+json", "application/json")
+class WebhookEndpoint:
+    """What a webhook POST does, on the lane (handlers/support/lane.py): its body is
+    checked and read as WebhookHandler would, then verified, stored, acknowledged."""
 
-    def initialize(self, event_log: EventLog, verifier: WebhookVerifier) -> None:
+    def __init__(self, event_log: EventLog, verifier: WebhookVerifier) -> None:
         self.event_log = event_log
         self.verifier = verifier
 
-    async def post(self) -> None:
-        body = self.raw_body
-        self.verifier.verify(body, self.request.headers.get("Authorization", ""))
+    async def answer(self, exchange: Exchange) -> tuple[int, dict[str, Any]]:
+        request = exchange.request
+        WebhookHandler.check_body(request)
+        body = request.body
+        self.verifier.verify(body, request.headers.get("Authorization", ""))
         event = _webhook_event(body)
         redact_credentials(event)
         try:
@@ -110,22 +113,42 @@ class WebhookHandler(Handler):
             raise ApiError(400, "Webhook body is not a webhook event (nested too deeply)") from None
         try:
             cursor = await timed_store(
-                self, "append", self.event_log.append(event["id"], int(time.time() * 1000), event_json)
+                exchange, "append", self.event_log.append(event["id"], int(time.time() * 1000), event_json)
             )
         except StoreUnavailable:
             # LiveKit retries a 5xx: nothing was acknowledged, nothing was broadcast.
             raise ApiError(503, "The event store is unavailable; retry later") from None
-        self.log_fields = {
+        exchange.log_fields = {
             "event": event["event"],
             "event_id": event["id"],
             "room": str(event.get("room", {}).get("name", "")),
         }
         if cursor is None:
-            self.log_fields["result"] = "duplicate"
-            self.write_json({"status": "duplicate"})
-        else:
-            self.log_fields.update(result="stored", cursor=cursor)
-            self.write_json({"status": "stored", "cursor": cursor})
+            exchange.log_fields["result"] = "duplicate"
+            return 200, {"status": "duplicate"}
+        exchange.log_fields.update(result="stored", cursor=cursor)
+        return 200, {"status": "stored", "cursor": cursor}
+
+
+class WebhookHandler(Handler):
+    """Webhooks' other methods (405), and bodies refused as too large; POSTs are answered
+    on the lane."""
+
+    metrics_label = "webhook"  # what /metrics counts it as (handlers/support/metrics.py)
+    max_body_bytes = 1024 * 1024
+    content_types = ("application/webhook+json", "application/json")
+
+    @classmethod
+    def lane(
+        cls, application: tornado.web.Application, request: HTTPServerRequest, kwargs: dict[str, Any]
+    ) -> Lane | None:
+        if request.method != "POST":
+            return None
+        endpoint: WebhookEndpoint = kwargs["endpoint"]
+        return Lane(application, request, cls, endpoint.answer)
+
+    def initialize(self, endpoint: WebhookEndpoint) -> None:
+        self.endpoint = endpoint
 
 
 def _webhook_event(body: bytes) -> dict[str, Any]:
@@ -194,5 +217,5 @@ def routes(config: Config, event_log: EventLog) -> list[Route]:
     """`/livekit/webhook`, where OpenVidu's deployment and tutorials post, and `/webhook`,
     the seed document's path."""
     verifier = WebhookVerifier(config.livekit_api_key, config.livekit_api_secret, config.livekit_webhook_keys)
-    arguments = {"event_log": event_log, "verifier": verifier}
+    arguments = {"endpoint": WebhookEndpoint(event_log, verifier)}
     return [(r"/livekit/webhook", WebhookHandler, arguments), (r"/webhook", WebhookHandler, arguments)]

@@ -14,7 +14,8 @@ import pytest
 from extensions.authorize import Grant, Step, TokenRequest
 from handlers.support.lane import Lane
 from handlers.token import TokenEndpoint, TokenHandler
-from tests.conftest import post_token
+from handlers.webhook import WebhookEndpoint, WebhookHandler
+from tests.conftest import post_token, send_webhook, webhook_event
 
 # Headers that differ between any two answers.
 PER_ANSWER = {"Date", "X-Request-Id"}
@@ -36,12 +37,16 @@ REQUESTS: list[tuple[Any, dict[str, str]]] = [
 ]
 
 
-def token_endpoint(app: Any) -> TokenEndpoint:
+def endpoint_of(app: Any, handler: type) -> Any:
     for rule in app.wildcard_router.rules:
-        if rule.target is TokenHandler:
-            endpoint: TokenEndpoint = rule.target_kwargs["endpoint"]
-            return endpoint
-    raise AssertionError("no /token route")
+        if rule.target is handler:
+            return rule.target_kwargs["endpoint"]
+    raise AssertionError(f"no route to {handler.__name__}")
+
+
+def token_endpoint(app: Any) -> TokenEndpoint:
+    endpoint: TokenEndpoint = endpoint_of(app, TokenHandler)
+    return endpoint
 
 
 def answer_seen(response: Any) -> tuple[int, dict[str, str], Any]:
@@ -150,3 +155,50 @@ async def test_a_step_that_waits_though_it_said_it_would_not_is_a_500(
     assert response.code == 500
     assert json.loads(response.body) == {"errorMessage": "Internal server error"}
     assert "a step of the /token chain waited" in caplog.text
+
+
+@pytest.mark.gen_test
+async def test_a_webhook_waiting_for_the_store_is_in_flight_until_answered(
+    app: Any, http_client: Any, base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint: WebhookEndpoint = endpoint_of(app, WebhookHandler)
+    in_flight = app.settings["requests_in_flight"]
+    store, release = endpoint.event_log.append, asyncio.Event()
+
+    async def slow_append(*args: Any) -> Any:
+        await release.wait()
+        return await store(*args)
+
+    monkeypatch.setattr(endpoint.event_log, "append", slow_append)
+    answer = asyncio.ensure_future(send_webhook(http_client, base_url, webhook_event()))
+    for _ in range(500):
+        if in_flight:
+            break
+        await asyncio.sleep(0.01)
+    assert len(in_flight) == 1  # what a graceful shutdown waits for
+    release.set()
+    response = await answer
+    assert response.code == 200 and json.loads(response.body)["status"] == "stored"
+    assert not in_flight
+
+
+@pytest.mark.gen_test
+async def test_a_webhook_whose_store_fails_unexpectedly_is_a_500(
+    app: Any,
+    http_client: Any,
+    base_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    endpoint: WebhookEndpoint = endpoint_of(app, WebhookHandler)
+
+    async def broken_append(*args: Any) -> Any:
+        raise RuntimeError("the disk caught fire")
+
+    monkeypatch.setattr(endpoint.event_log, "append", broken_append)
+    with caplog.at_level(logging.ERROR):
+        response = await send_webhook(http_client, base_url, webhook_event())
+    assert response.code == 500
+    assert json.loads(response.body) == {"errorMessage": "Internal server error"}
+    assert "the disk caught fire" in caplog.text
+    assert not app.settings["requests_in_flight"]

@@ -19,13 +19,13 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest, format_timestamp
 from ground.config import Config
 from ground.errors import ApiError
 from ground.logsafe import printable, quoted
-from handlers.support.observe import observe_request, request_fields
+from handlers.support.observe import Answering, observe_request, request_fields
 
 access_log = logging.getLogger("tornado.access")
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
 
-def log_request(handler: tornado.web.RequestHandler) -> None:
+def log_request(handler: Answering) -> None:
     """One line a request; handlers add what it was about (`log_fields`), never a secret.
     Answered requests are DEBUG: at thousands a second, writing a line each costs a
     fifth of the server's time (measured); refused ones are WARNING, failures ERROR."""

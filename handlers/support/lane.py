@@ -1,21 +1,24 @@
-"""POSTs answered without a RequestHandler: the lane, for /token.
+"""POSTs answered without a RequestHandler: the lane, for /token and webhooks.
 
 A RequestHandler costs a request about a third of what Tornado does for it in all: an
 instance with its template namespaces, a task to run it in and a turn of the event loop
 before it runs, and finish()'s generic steps. Under callgrind a constant answer costs
 840k instructions a request from a RequestHandler and 538k from an HTTPMessageDelegate
 (Tornado's lower-level interface, which a RequestHandler runs on). An endpoint whose work
-never waits has its POSTs answered here instead, in the turn of the loop that read them,
-with what its RequestHandler would have sent: the same checks in the same order, the same
-headers (CORS included), errors, request id, access line and metrics. Every other request
-to it (a preflight, another method, a body refused as too large) still goes to its
+never waits has its POSTs answered here instead, in the turn of the loop that read them
+(/token); one whose work waits (a webhook, for the event store) in a task of its own,
+in flight for a graceful shutdown as a handler is. Either way with what its
+RequestHandler would have sent: the same checks in the same order, the same headers
+(CORS included), errors, request id, access line and metrics. Every other request to it
+(a preflight, another method, a body refused as too large) still goes to its
 RequestHandler. An endpoint opts in with `Handler.lane` (handlers/support/base.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from http.client import responses
 from typing import Any
 
@@ -54,6 +57,7 @@ class Exchange:
         self.log_fields: dict[str, Any] = {}
         self.status = 200
         self.headers: dict[str, str] = {}  # an error's own: Retry-After, WWW-Authenticate
+        self.task: asyncio.Future[None] | None = None  # the work that waits, if it does
 
     @property
     def config(self) -> Config:
@@ -63,8 +67,10 @@ class Exchange:
         return self.status
 
 
-# What an endpoint does on the lane: the status and JSON answer, or ApiError.
-Work = Callable[[Exchange], tuple[int, Any]]
+# What an endpoint does on the lane: the status and JSON answer, or ApiError; at once,
+# or (for work that waits) a coroutine that gives them.
+Answer = tuple[int, Any]
+Work = Callable[[Exchange], Answer | Coroutine[Any, Any, Answer]]
 
 
 class Lane(httputil.HTTPMessageDelegate):
@@ -100,17 +106,36 @@ class Lane(httputil.HTTPMessageDelegate):
         self.chunks = []
         exchange = Exchange(self.application, request, self.endpoint)
         try:
-            exchange.status, payload = self.work(exchange)
-        except ApiError as error:
-            exchange.status, payload = error.status_code, {"errorMessage": error.message}
-            exchange.headers = error.headers
-        except Exception:
-            app_log.error("Uncaught exception %s %s", request.method, request.path, exc_info=True)
-            exchange.status, payload = 500, {"errorMessage": "Internal server error"}
-        self.answer(exchange, orjson.dumps(payload))
+            outcome = self.work(exchange)
+        except Exception as error:
+            self.answer(exchange, *self.failure(exchange, error))
+            return
+        if isinstance(outcome, tuple):
+            self.answer(exchange, *outcome)
+            return
+        in_flight: set[Any] = self.application.settings["requests_in_flight"]
+        in_flight.add(exchange)  # which also holds the task: the loop keeps only a weak reference
+        exchange.task = asyncio.ensure_future(self.answer_when_done(exchange, outcome))
+        exchange.task.add_done_callback(lambda _: in_flight.discard(exchange))
 
-    def answer(self, exchange: Exchange, body: bytes) -> None:
-        request, status = self.request, exchange.status
+    async def answer_when_done(self, exchange: Exchange, outcome: Coroutine[Any, Any, Answer]) -> None:
+        try:
+            answer = await outcome
+        except Exception as error:
+            answer = self.failure(exchange, error)
+        self.answer(exchange, *answer)
+
+    def failure(self, exchange: Exchange, error: Exception) -> Answer:
+        if isinstance(error, ApiError):
+            exchange.headers = error.headers
+            return error.status_code, {"errorMessage": error.message}
+        request = self.request
+        app_log.error("Uncaught exception %s %s", request.method, request.path, exc_info=error)
+        return 500, {"errorMessage": "Internal server error"}
+
+    def answer(self, exchange: Exchange, status: int, payload: Any) -> None:
+        request, body = self.request, orjson.dumps(payload)
+        exchange.status = status
         headers = httputil.HTTPHeaders()
         headers["Server"] = SERVER_HEADER
         headers["Content-Type"] = JSON_CONTENT_TYPE
@@ -129,4 +154,4 @@ class Lane(httputil.HTTPMessageDelegate):
         start_line = httputil.ResponseStartLine("", status, responses[status])
         connection.write_headers(start_line, headers, body)
         connection.finish()
-        log_request(exchange)  # type: ignore[arg-type]
+        log_request(exchange)

@@ -11,12 +11,14 @@ store's calls are timed where the handlers await them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tornado.web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from handlers.support.observe import Answering
 
 # No `_created` series beside each counter: the text format has no place for them but as
 # extra gauges, which double what a scrape reads. (A process-wide switch of the client.)
@@ -148,7 +150,7 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def observe(self, handler: tornado.web.RequestHandler) -> None:
+    def observe(self, handler: Answering) -> None:
         status = handler.get_status()
         fields: dict[str, Any] = getattr(handler, "log_fields", {})
         if status == 429:

@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 import tornado.httputil
@@ -26,6 +26,20 @@ if TYPE_CHECKING:
     from handlers.support.metrics import Metrics
 
 T = TypeVar("T")
+
+
+class Answering(Protocol):
+    """What the access log and /metrics read of a request: its RequestHandler, or its
+    Exchange on the lane (handlers/support/lane.py)."""
+
+    @property
+    def request(self) -> tornado.httputil.HTTPServerRequest: ...
+
+    @property
+    def settings(self) -> dict[str, Any]: ...
+
+    def get_status(self) -> int: ...
+
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # An incoming id is kept only if it is short and printable: it goes into every log line.
@@ -147,11 +161,11 @@ def request_id_transform(config: Config) -> type[RequestIdTransform]:
     return TrustedRequestIdTransform if config.trust_proxy_headers else RequestIdTransform
 
 
-def request_id(handler: tornado.web.RequestHandler) -> str:
+def request_id(handler: Answering) -> str:
     return getattr(handler.request, "request_id", "")
 
 
-def request_fields(handler: tornado.web.RequestHandler) -> dict[str, Any]:
+def request_fields(handler: Answering) -> dict[str, Any]:
     """The access line's fields: the request, then what the handler says it was about
     (`log_fields`: room, identity, event_id...), never a token or a secret. (Handlers'
     keys must not be LogRecord attributes such as `name` or `message`: logging refuses those.)"""
@@ -167,11 +181,11 @@ def request_fields(handler: tornado.web.RequestHandler) -> dict[str, Any]:
     }
 
 
-def _metrics_of(handler: tornado.web.RequestHandler) -> Metrics | None:
+def _metrics_of(handler: Answering) -> Metrics | None:
     return handler.settings.get("metrics")
 
 
-def observe_request(handler: tornado.web.RequestHandler) -> None:
+def observe_request(handler: Answering) -> None:
     """Counts the answered request (from the access log, which sees every one)."""
     metrics = _metrics_of(handler)
     if metrics is not None:
@@ -190,7 +204,7 @@ def socket_closed(handler: tornado.web.RequestHandler) -> None:
         metrics.socket_closed(handler)
 
 
-async def timed_store(handler: tornado.web.RequestHandler, operation: str, call: Awaitable[T]) -> T:
+async def timed_store(handler: Answering, operation: str, call: Awaitable[T]) -> T:
     """Awaits one event-store call, timed into the store latency histogram."""
     metrics = _metrics_of(handler)
     if metrics is None:
