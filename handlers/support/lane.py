@@ -74,6 +74,9 @@ Work = Callable[[Exchange], Answer | Coroutine[Any, Any, Answer]]
 
 
 class Lane(httputil.HTTPMessageDelegate):
+    """One POST to an endpoint on the lane: its body kept (handlers/support/bodies.py bounds
+    it), then its work run and its answer written."""
+
     def __init__(
         self,
         application: tornado.web.Application,
