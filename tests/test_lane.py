@@ -15,7 +15,7 @@ from extensions.authorize import Grant, Step, TokenRequest
 from handlers.support.lane import Lane
 from handlers.token import TokenEndpoint, TokenHandler
 from handlers.webhook import WebhookEndpoint, WebhookHandler
-from tests.conftest import post_token, send_webhook, webhook_event
+from tests.conftest import post_token, send_webhook, webhook_event, webhook_request
 
 # Headers that differ between any two answers.
 PER_ANSWER = {"Date", "X-Request-Id"}
@@ -202,3 +202,79 @@ async def test_a_webhook_whose_store_fails_unexpectedly_is_a_500(
     assert json.loads(response.body) == {"errorMessage": "Internal server error"}
     assert "the disk caught fire" in caplog.text
     assert not app.settings["requests_in_flight"]
+
+
+async def rate_limited_twice_counts_once(
+    http_client: Any, base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.test_metrics import scrape, value
+
+    with caplog.at_level(logging.WARNING):
+        codes = [(await post_token(http_client, base_url)).code for _ in range(2)]
+    assert codes == [200, 429]
+    samples = await scrape(http_client, base_url)
+    assert value(samples, "livekit_app_rate_limited_total", handler="TokenHandler") == 1
+    assert value(samples, "livekit_app_token_requests_total", shape="unknown", status="429") == 1
+    assert "429 POST /token" in caplog.text
+    assert "Exception" not in caplog.text
+
+
+@pytest.mark.settings(token_rate_limit=1)
+@pytest.mark.gen_test
+async def test_a_429_on_the_lane_is_counted_once(
+    app: Any, http_client: Any, base_url: str, lane_finishes: list[Lane], caplog: pytest.LogCaptureFixture
+) -> None:
+    await rate_limited_twice_counts_once(http_client, base_url, caplog)
+    assert len(lane_finishes) == 2
+
+
+@pytest.mark.extensions("tests.sample_extensions.first")
+@pytest.mark.settings(token_rate_limit=1)
+@pytest.mark.gen_test
+async def test_a_429_from_token_handler_is_counted_once(
+    app: Any, http_client: Any, base_url: str, lane_finishes: list[Lane], caplog: pytest.LogCaptureFixture
+) -> None:
+    await rate_limited_twice_counts_once(http_client, base_url, caplog)
+    assert lane_finishes == []
+
+
+async def in_flight_while(app: Any, base_url: str, finish: bool) -> tuple[int, bytes]:
+    """A webhook whose body is half sent: how many requests are in flight meanwhile, and
+    the answer once the rest comes (`finish`) or the client leaves."""
+    in_flight = app.settings["requests_in_flight"]
+    request = webhook_request(webhook_event())
+    host, port = base_url.split("//")[1].split(":")
+    body: bytes = request["body"]
+    head = "".join(f"{name}: {value}\r\n" for name, value in request["headers"].items())
+    reader, writer = await asyncio.open_connection(host, int(port))
+    start = f"POST /livekit/webhook HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+    writer.write(f"{start}{head}\r\n".encode() + body[:-15])
+    await writer.drain()
+    for _ in range(500):
+        if in_flight:
+            break
+        await asyncio.sleep(0.01)
+    during = len(in_flight)
+    answer = b""
+    if finish:
+        writer.write(body[-15:])
+        await writer.drain()
+        answer = await reader.readuntil(b"}")
+    writer.close()
+    for _ in range(500):
+        if not in_flight:
+            break
+        await asyncio.sleep(0.01)
+    assert not in_flight
+    return during, answer
+
+
+@pytest.mark.gen_test
+async def test_a_webhook_is_in_flight_while_its_body_arrives(
+    app: Any, http_server: Any, base_url: str
+) -> None:
+    during, answer = await in_flight_while(app, base_url, finish=True)
+    assert during == 1  # a graceful shutdown waits for the rest of it
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b'"status":"stored"' in answer
+    during, answer = await in_flight_while(app, base_url, finish=False)
+    assert during == 1 and answer == b""  # and no longer once its client has gone

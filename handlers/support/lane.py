@@ -52,12 +52,11 @@ class Exchange:
     ) -> None:
         self.request = request
         self.settings = application.settings
-        self.endpoint = endpoint  # the RequestHandler that would have answered
+        self.answers_for = endpoint  # the RequestHandler that would have answered (/metrics names it)
         self.metrics_label = endpoint.metrics_label
         self.log_fields: dict[str, Any] = {}
         self.status = 200
         self.headers: dict[str, str] = {}  # an error's own: Retry-After, WWW-Authenticate
-        self.task: asyncio.Future[None] | None = None  # the work that waits, if it does
 
     @property
     def config(self) -> Config:
@@ -89,19 +88,24 @@ class Lane(httputil.HTTPMessageDelegate):
         self.endpoint = endpoint
         self.work = work
         self.chunks: list[bytes] = []
+        # In flight from its headers until answered (or its client gone before its body
+        # was all there): a graceful shutdown waits for it, as for a handler.
+        self.in_flight: set[Any] = application.settings["requests_in_flight"]
+        self.task: asyncio.Future[None] | None = None  # the work that waits, if it does
 
     def headers_received(
         self,
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
     ) -> None:
-        return None
+        self.in_flight.add(self)
 
     def data_received(self, chunk: bytes) -> None:
         self.chunks.append(chunk)  # handlers/support/bodies.py bounds them, as for a handler
 
     def on_connection_close(self) -> None:
         self.chunks = []
+        self.in_flight.discard(self)
 
     def finish(self) -> None:
         request = self.request
@@ -111,15 +115,14 @@ class Lane(httputil.HTTPMessageDelegate):
         try:
             outcome = self.work(exchange)
         except Exception as error:
-            self.answer(exchange, *self.failure(exchange, error))
-            return
+            outcome = self.failure(exchange, error)
         if isinstance(outcome, tuple):
             self.answer(exchange, *outcome)
+            self.in_flight.discard(self)
             return
-        in_flight: set[Any] = self.application.settings["requests_in_flight"]
-        in_flight.add(exchange)  # which also holds the task: the loop keeps only a weak reference
-        exchange.task = asyncio.ensure_future(self.answer_when_done(exchange, outcome))
-        exchange.task.add_done_callback(lambda _: in_flight.discard(exchange))
+        # The set of requests in flight holds the task too: the loop keeps only a weak reference.
+        self.task = asyncio.ensure_future(self.answer_when_done(exchange, outcome))
+        self.task.add_done_callback(lambda _: self.in_flight.discard(self))
 
     async def answer_when_done(self, exchange: Exchange, outcome: Coroutine[Any, Any, Answer]) -> None:
         try:

@@ -230,4 +230,5 @@ class _EventHandlers(Collector):
 def endpoint_name(handler: Any) -> str:
     """The handler class that answered: for a POST on the lane (handlers/support/lane.py),
     the one that would have."""
-    return getattr(handler, "endpoint", type(handler)).__name__
+    answers_for = getattr(handler, "answers_for", None)
+    return (answers_for if isinstance(answers_for, type) else type(handler)).__name__
