@@ -54,6 +54,7 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 # docs/operating.md promises an exit within 5 s of SIGTERM: requests in flight get this long to be
 # answered, idle connections and the store a little more.
 SHUTDOWN_SECONDS = 3.5
+SHUTDOWN_QUIET_SECONDS = 0.1
 CONNECTIONS_CLOSE_SECONDS = 0.5
 EXIT_CONFIG, EXIT_RUNTIME = 2, 1
 SHARED_MEMORY = "/dev/shm"
@@ -439,10 +440,18 @@ async def shutdown(
     # Event handlers finish the call they are in meanwhile; the rest waits in the store.
     runner: EventHandlerRunner | None = app.settings["event_handlers"]
     handlers_stopped = asyncio.ensure_future(runner.stop(SHUTDOWN_SECONDS) if runner else asyncio.sleep(0))
+    # Until nothing is in flight and no connection has closed for SHUTDOWN_QUIET_SECONDS:
+    # a keep-alive client answered just before the signal sends once more, and is answered
+    # with `Connection: close` (a token is answered within the turn that read it, so the
+    # in-flight set alone is empty between a client's requests).
     in_flight: set[Any] = app.settings["requests_in_flight"]
-    deadline = asyncio.get_running_loop().time() + SHUTDOWN_SECONDS
-    while in_flight and asyncio.get_running_loop().time() < deadline:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SHUTDOWN_SECONDS
+    open_connections, quiet_since = listener.open_connections, loop.time()
+    while loop.time() < deadline and (in_flight or loop.time() - quiet_since < SHUTDOWN_QUIET_SECONDS):
         await asyncio.sleep(0.02)
+        if in_flight or listener.open_connections != open_connections:
+            open_connections, quiet_since = listener.open_connections, loop.time()
     if in_flight:
         log.warning("%d requests still unanswered after %.1f s", len(in_flight), SHUTDOWN_SECONDS)
     # Idle keep-alive connections and closing sockets are owed nothing more.

@@ -87,6 +87,8 @@ class TokenEndpoint:
         TokenHandler.check_body(exchange.request)
         answering = self.answer(exchange.request, json_object(exchange.request.body), exchange.log_fields)
         try:
+            # Run outside any task: a step that said it never waits must not use timers
+            # (asyncio.timeout) or the current task either.
             answering.send(None)
         except StopIteration as answered:
             return answered.value

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 import pytest
+import tornado.web
 
 from extensions.authorize import Grant, Step, TokenRequest
 from handlers.support.lane import Lane
@@ -278,3 +279,69 @@ async def test_a_webhook_is_in_flight_while_its_body_arrives(
     assert answer.startswith(b"HTTP/1.1 200 OK") and b'"status":"stored"' in answer
     during, answer = await in_flight_while(app, base_url, finish=False)
     assert during == 1 and answer == b""  # and no longer once its client has gone
+
+
+@pytest.mark.gen_test
+async def test_an_http_error_from_a_step_is_answered_as_the_handler_does(
+    app: Any, http_client: Any, base_url: str, lane_finishes: list[Lane]
+) -> None:
+    def teapot(request: TokenRequest, grant: Grant) -> Grant:
+        raise tornado.web.HTTPError(418)
+
+    def unavailable(request: TokenRequest, grant: Grant) -> Grant:
+        raise tornado.web.HTTPError(503)
+
+    endpoint = token_endpoint(app)
+    built_in = endpoint.steps
+    for step, expected in ((teapot, (418, "I'm a Teapot")), (unavailable, (503, "Internal server error"))):
+        endpoint.steps = (*built_in, Step("an odd step", step, waits=False))
+        answers = []
+        for on_lane in (True, False):
+            endpoint.on_lane = on_lane
+            answers.append(answer_seen(await post_token(http_client, base_url)))
+        assert answers[0] == answers[1]
+        assert (answers[0][0], answers[0][2]["errorMessage"]) == expected
+    assert len(lane_finishes) == 2
+
+
+@pytest.mark.settings(events_redis_url="redis://127.0.0.1:9/0")
+def test_bans_in_redis_keep_tokens_with_the_handler(app: Any) -> None:
+    assert not token_endpoint(app).on_lane  # asking Redis waits
+
+
+@pytest.mark.gen_test
+async def test_a_webhook_whose_client_left_is_still_stored(
+    app: Any, http_server: Any, base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint: WebhookEndpoint = endpoint_of(app, WebhookHandler)
+    in_flight = app.settings["requests_in_flight"]
+    store, release = endpoint.event_log.append, asyncio.Event()
+
+    async def slow_append(*args: Any) -> Any:
+        await release.wait()
+        return await store(*args)
+
+    monkeypatch.setattr(endpoint.event_log, "append", slow_append)
+    event = webhook_event()
+    request = webhook_request(event)
+    host, port = base_url.split("//")[1].split(":")
+    head = "".join(f"{name}: {value}\r\n" for name, value in request["headers"].items())
+    start = f"POST /livekit/webhook HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(request['body'])}\r\n"
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"{start}{head}\r\n".encode() + request["body"])
+    await writer.drain()
+    for _ in range(500):
+        if in_flight:
+            break
+        await asyncio.sleep(0.01)
+    writer.close()  # gone before the store answers
+    await asyncio.sleep(0.1)
+    assert len(in_flight) == 1  # a graceful shutdown still waits for the store
+    release.set()
+    for _ in range(500):
+        if not in_flight:
+            break
+        await asyncio.sleep(0.01)
+    assert not in_flight
+    page = await endpoint.event_log.read(None, 10, 1 << 20)
+    assert event["id"] in [json.loads(entry.event_json)["id"] for entry in page.entries]

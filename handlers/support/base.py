@@ -125,8 +125,6 @@ class Handler(Tracked):
       of a `content_types` media type, refused from its declared length (413) before it is
       read; `json_object()` reads it;
     - `body_optional = True`: a request without a body is let through as well;
-    - `streamed_body = True`: the body is taken as it arrives and kept only up to the limit
-      (Tornado's stream_request_body, applied here);
     - `cors_methods`: CORS for browser pages on other origins, with a preflight; credentials
       (cookies) only for origins listed by name, never with `*` or the opaque `null`.
     """
@@ -136,13 +134,7 @@ class Handler(Tracked):
     metrics_label: ClassVar[str] = ""
     content_types: ClassVar[tuple[str, ...]] = ("application/json",)
     body_optional: ClassVar[bool] = False
-    streamed_body: ClassVar[bool] = False
     cors_methods: ClassVar[str] = ""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.streamed_body:
-            tornado.web.stream_request_body(cls)
 
     @property
     def config(self) -> Config:
@@ -190,8 +182,6 @@ class Handler(Tracked):
         self.finish()
 
     def prepare(self) -> None:
-        self._chunks: list[bytes] = []
-        self._received = 0
         method = (self.request.method or "").lower()
         if not self.max_body_bytes or method not in ("post", "put", "patch") or not self.implements(method):
             return  # 405 for a method this endpoint has not, whatever the body
@@ -203,7 +193,7 @@ class Handler(Tracked):
         declared = request.headers.get("Content-Length")
         if declared is not None and (not is_number(declared) or int(declared) > cls.max_body_bytes):
             raise cls.too_large()
-        if cls.body_optional and not cls.streamed_body and not request.body:
+        if cls.body_optional and not request.body:
             return
         content_type = request.headers.get("Content-Type", "")
         media_type = content_type.split(";", 1)[0].strip().lower()
@@ -213,28 +203,8 @@ class Handler(Tracked):
     def implements(self, method: str) -> bool:
         return getattr(type(self), method) is not getattr(tornado.web.RequestHandler, method)
 
-    def data_received(self, chunk: bytes) -> None:
-        """A streamed body (`streamed_body`): kept up to the limit, refused past it."""
-        self._received += len(chunk)
-        if self._received <= self.max_body_bytes:
-            self._chunks.append(chunk)
-        elif not self._finished:
-            # A chunked body past the limit: answered now, and the connection closes
-            # after the answer instead of reading on.
-            self._chunks = []
-            too_large = self.too_large()
-            self.send_error(413, exc_info=(ApiError, too_large, None))
-
-    def on_connection_close(self) -> None:
-        self._chunks = []  # an aborted upload frees its buffers at once
-        super().on_connection_close()
-
     @property
     def raw_body(self) -> bytes:
-        if self.streamed_body:
-            if self._received > self.max_body_bytes:
-                raise self.too_large()
-            return b"".join(self._chunks)
         if len(self.request.body) > self.max_body_bytes:  # a chunked body declares no length
             raise self.too_large()
         return self.request.body

@@ -5,7 +5,7 @@ before a handler that is not streamed runs. Here every body must arrive within
 BODY_TIMEOUT; a body is read only up to the handler's max_body_bytes (handlers/support/base.py),
 past which the endpoint answers 413 (its own headers, CORS included) and the connection
 closes instead of reading on; an endpoint that takes no body gets at most NO_BODY_BYTES
-of one. A streamed body (`streamed_body`) is bounded in size by its handler.
+of one.
 """
 
 from __future__ import annotations
@@ -57,8 +57,6 @@ class Application(tornado.web.Application):
         if not issubclass(target_class, Tracked) or not target_class.max_body_bytes:
             connection.set_max_body_size(NO_BODY_BYTES)
             return BoundedBody(delegate, connection, deadlines)
-        if getattr(target_class, "streamed_body", False):
-            return BoundedBody(delegate, connection, deadlines)  # it bounds its body's size itself
         endpoint, limit = target_class, target_class.max_body_bytes
 
         def refusal() -> httputil.HTTPMessageDelegate:

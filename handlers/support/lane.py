@@ -117,8 +117,10 @@ class Lane(httputil.HTTPMessageDelegate):
         except Exception as error:
             outcome = self.failure(exchange, error)
         if isinstance(outcome, tuple):
-            self.answer(exchange, *outcome)
-            self.in_flight.discard(self)
+            try:
+                self.answer(exchange, *outcome)
+            finally:
+                self.in_flight.discard(self)
             return
         # The set of requests in flight holds the task too: the loop keeps only a weak reference.
         self.task = asyncio.ensure_future(self.answer_when_done(exchange, outcome))
@@ -132,9 +134,13 @@ class Lane(httputil.HTTPMessageDelegate):
         self.answer(exchange, *answer)
 
     def failure(self, exchange: Exchange, error: Exception) -> Answer:
+        """What JsonErrors (handlers/support/base.py) answers for the same error."""
         if isinstance(error, ApiError):
             exchange.headers = error.headers
             return error.status_code, {"errorMessage": error.message}
+        if isinstance(error, tornado.web.HTTPError):
+            code = error.status_code
+            return code, {"errorMessage": responses[code] if code < 500 else "Internal server error"}
         request = self.request
         app_log.error("Uncaught exception %s %s", request.method, request.path, exc_info=error)
         return 500, {"errorMessage": "Internal server error"}
