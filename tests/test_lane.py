@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -75,6 +76,42 @@ def lane_finishes(monkeypatch: pytest.MonkeyPatch) -> list[Lane]:
 
     monkeypatch.setattr(Lane, "finish", counted)
     return seen
+
+
+@pytest.fixture
+def held_store(app: Any, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The webhooks' store holds every append until the event returned is set."""
+    event_log = endpoint_of(app, WebhookHandler).event_log
+    store, release = event_log.append, asyncio.Event()
+
+    async def held_append(*args: Any) -> Any:
+        await release.wait()
+        return await store(*args)
+
+    monkeypatch.setattr(event_log, "append", held_append)
+    return release
+
+
+async def until(condition: Callable[[], Any]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def send_raw_webhook(
+    base_url: str, event: dict[str, Any], keep_back: int = 0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A signed webhook on a connection of its own, but for its last `keep_back` bytes."""
+    request = webhook_request(event)
+    body: bytes = request["body"]
+    host, port = base_url.split("//")[1].split(":")
+    head = "".join(f"{name}: {value}\r\n" for name, value in request["headers"].items())
+    start = f"POST /livekit/webhook HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"{start}{head}\r\n".encode() + body[: len(body) - keep_back])
+    await writer.drain()
+    return reader, writer
 
 
 @pytest.mark.settings(cors_allowed_origins=("http://localhost:5080",), token_auth_secret="s3cret")
@@ -160,24 +197,13 @@ async def test_a_step_that_waits_though_it_said_it_would_not_is_a_500(
 
 @pytest.mark.gen_test
 async def test_a_webhook_waiting_for_the_store_is_in_flight_until_answered(
-    app: Any, http_client: Any, base_url: str, monkeypatch: pytest.MonkeyPatch
+    app: Any, http_client: Any, base_url: str, held_store: asyncio.Event
 ) -> None:
-    endpoint: WebhookEndpoint = endpoint_of(app, WebhookHandler)
     in_flight = app.settings["requests_in_flight"]
-    store, release = endpoint.event_log.append, asyncio.Event()
-
-    async def slow_append(*args: Any) -> Any:
-        await release.wait()
-        return await store(*args)
-
-    monkeypatch.setattr(endpoint.event_log, "append", slow_append)
     answer = asyncio.ensure_future(send_webhook(http_client, base_url, webhook_event()))
-    for _ in range(500):
-        if in_flight:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: in_flight)
     assert len(in_flight) == 1  # what a graceful shutdown waits for
-    release.set()
+    held_store.set()
     response = await answer
     assert response.code == 200 and json.loads(response.body)["status"] == "stored"
     assert not in_flight
@@ -243,29 +269,17 @@ async def in_flight_while(app: Any, base_url: str, finish: bool) -> tuple[int, b
     """A webhook whose body is half sent: how many requests are in flight meanwhile, and
     the answer once the rest comes (`finish`) or the client leaves."""
     in_flight = app.settings["requests_in_flight"]
-    request = webhook_request(webhook_event())
-    host, port = base_url.split("//")[1].split(":")
-    body: bytes = request["body"]
-    head = "".join(f"{name}: {value}\r\n" for name, value in request["headers"].items())
-    reader, writer = await asyncio.open_connection(host, int(port))
-    start = f"POST /livekit/webhook HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
-    writer.write(f"{start}{head}\r\n".encode() + body[:-15])
-    await writer.drain()
-    for _ in range(500):
-        if in_flight:
-            break
-        await asyncio.sleep(0.01)
+    event = webhook_event()
+    reader, writer = await send_raw_webhook(base_url, event, keep_back=15)
+    await until(lambda: in_flight)
     during = len(in_flight)
     answer = b""
     if finish:
-        writer.write(body[-15:])
+        writer.write(webhook_request(event)["body"][-15:])
         await writer.drain()
         answer = await reader.readuntil(b"}")
     writer.close()
-    for _ in range(500):
-        if not in_flight:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: not in_flight)
     assert not in_flight
     return during, answer
 
@@ -311,37 +325,18 @@ def test_bans_in_redis_keep_tokens_with_the_handler(app: Any) -> None:
 
 @pytest.mark.gen_test
 async def test_a_webhook_whose_client_left_is_still_stored(
-    app: Any, http_server: Any, base_url: str, monkeypatch: pytest.MonkeyPatch
+    app: Any, http_server: Any, base_url: str, held_store: asyncio.Event
 ) -> None:
     endpoint: WebhookEndpoint = endpoint_of(app, WebhookHandler)
     in_flight = app.settings["requests_in_flight"]
-    store, release = endpoint.event_log.append, asyncio.Event()
-
-    async def slow_append(*args: Any) -> Any:
-        await release.wait()
-        return await store(*args)
-
-    monkeypatch.setattr(endpoint.event_log, "append", slow_append)
     event = webhook_event()
-    request = webhook_request(event)
-    host, port = base_url.split("//")[1].split(":")
-    head = "".join(f"{name}: {value}\r\n" for name, value in request["headers"].items())
-    start = f"POST /livekit/webhook HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(request['body'])}\r\n"
-    _, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"{start}{head}\r\n".encode() + request["body"])
-    await writer.drain()
-    for _ in range(500):
-        if in_flight:
-            break
-        await asyncio.sleep(0.01)
+    _, writer = await send_raw_webhook(base_url, event)
+    await until(lambda: in_flight)
     writer.close()  # gone before the store answers
     await asyncio.sleep(0.1)
     assert len(in_flight) == 1  # a graceful shutdown still waits for the store
-    release.set()
-    for _ in range(500):
-        if not in_flight:
-            break
-        await asyncio.sleep(0.01)
+    held_store.set()
+    await until(lambda: not in_flight)
     assert not in_flight
     page = await endpoint.event_log.read(None, 10, 1 << 20)
     assert event["id"] in [json.loads(entry.event_json)["id"] for entry in page.entries]
