@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import time
 import warnings
 from collections.abc import Iterable
@@ -14,13 +13,12 @@ from typing import Any
 
 import orjson
 import tornado.web
-from joserfc import jwt
-from joserfc.errors import InvalidClaimError, JoseError, SecurityWarning
+from joserfc.errors import SecurityWarning
 from joserfc.jwk import OctKey
-from joserfc.jws import extract_compact
 from tornado.httputil import HTTPServerRequest
 
 from eventlog import EventLog, StoreUnavailable
+from ground import hs256
 from ground.config import Config, ConfigError
 from ground.errors import ApiError
 from handlers.support.base import Handler, Route
@@ -36,57 +34,35 @@ class WebhookVerifier:
     on the raw bytes of the body and with a constant-time comparison of the hash
     (WebhookReceiver takes a str and compares with `!=`).
 
-    The JWT is checked by TokenVerifier's rules: HS256 only, signed with the secret of the
-    key it names as issuer (`iss`), an `exp` required, WEBHOOK_LEEWAY of clock skew.
-    Several keys may sign (LIVEKIT_WEBHOOK_KEYS), so a LiveKit server's key can be rotated.
-    Only the holder of a secret can sign a token, so claims TokenVerifier also looks at,
-    such as `aud` or the grants' shapes, are not checked here: a webhook uses none of them.
-    With joserfc, not TokenVerifier: PyJWT's decode and TokenVerifier's grants were a
-    quarter of a webhook's work (424k of 1.67M instructions; PyJWT looks at every
-    character of each segment in Python), joserfc half of that."""
+    The JWT: HS256, signed with the secret of the API key it names as issuer (`iss`), an
+    `exp` required, WEBHOOK_LEEWAY of clock skew (ground/hs256.py). Several keys may sign
+    (LIVEKIT_WEBHOOK_KEYS), so a LiveKit server's key can be rotated. Only the holder of a
+    secret can sign a token, so claims a webhook does not use, such as `aud` or the
+    grants, are not looked at."""
 
     def __init__(self, api_key: str, api_secret: str, more_keys: Iterable[tuple[str, str]] = ()) -> None:
-        signing = dict([(api_key, api_secret), *more_keys])
+        self._secrets = dict([(api_key, api_secret), *more_keys])
         with warnings.catch_warnings():
             # Short secrets are the settings' business (LiveKit's dev pair has a 6-byte one).
             warnings.simplefilter("ignore", SecurityWarning)
-            try:
-                self._keys = {key: OctKey.import_key(secret) for key, secret in signing.items()}
-            except ValueError:  # joserfc refuses a public key (PEM, SSH, certificate) as a secret
-                raise ConfigError(
-                    "LIVEKIT_API_SECRET or a LIVEKIT_WEBHOOK_KEYS secret is a public key, "
-                    "not the API secret LiveKit signs with"
-                ) from None
-        self._claims = {
-            key: jwt.JWTClaimsRegistry(
-                leeway=int(WEBHOOK_LEEWAY.total_seconds()),
-                iss={"essential": True, "value": key},
-                exp={"essential": True},
-            )
-            for key in signing
-        }
-        self._only = api_key if len(signing) == 1 else None
-
-    def _issuer(self, token: str) -> str:
-        if self._only is not None:
-            return self._only  # the claims check refuses any other issuer
-        issuer = json.loads(extract_compact(token.encode()).payload).get("iss")  # as joserfc reads it
-        if not isinstance(issuer, str) or issuer not in self._keys:
-            raise InvalidClaimError("iss")  # not one of this server's API keys
-        return issuer
+            for secret in self._secrets.values():
+                try:
+                    OctKey.import_key(secret)  # joserfc's vetting of an HMAC secret
+                except ValueError:  # a public key (PEM, SSH, certificate) given as a secret
+                    raise ConfigError(
+                        "LIVEKIT_API_SECRET or a LIVEKIT_WEBHOOK_KEYS secret is a public key, "
+                        "not the API secret LiveKit signs with"
+                    ) from None
+        self._leeway = int(WEBHOOK_LEEWAY.total_seconds())
 
     def verify(self, body: bytes, authorization: str) -> None:
         token = authorization.removeprefix("Bearer ").strip()
         if not token:
             raise ApiError(401, "Missing Authorization header with the webhook's signed token")
         try:
-            issuer = self._issuer(token)
-            claims = jwt.decode(token, self._keys[issuer], algorithms=["HS256"]).claims
-            self._claims[issuer].validate(claims)
+            claims = hs256.verified_claims(token, self._secrets, self._leeway)
             claimed = base64.b64decode(claims.get("sha256") or "", validate=True)
-        except (JoseError, ValueError, TypeError, AttributeError, RecursionError):
-            # ValueError: not JSON, not base64; TypeError, AttributeError: JSON of the wrong
-            # shape; RecursionError: claims nested thousands deep (json's parser recurses).
+        except (hs256.InvalidToken, ValueError, TypeError):  # ValueError, TypeError: sha256 not base64
             raise ApiError(401, "Webhook signature is not valid for this API key and secret") from None
         if not claimed or not hmac.compare_digest(hashlib.sha256(body).digest(), claimed):
             raise ApiError(401, "Webhook body does not match its signature")
