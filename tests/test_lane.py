@@ -305,9 +305,16 @@ async def test_an_http_error_from_a_step_is_answered_as_the_handler_does(
     def unavailable(request: TokenRequest, grant: Grant) -> Grant:
         raise tornado.web.HTTPError(503)
 
+    def unnamed(request: TokenRequest, grant: Grant) -> Grant:
+        raise tornado.web.HTTPError(499)  # a code Python has no name for
+
     endpoint = token_endpoint(app)
     built_in = endpoint.steps
-    for step, expected in ((teapot, (418, "I'm a Teapot")), (unavailable, (503, "Internal server error"))):
+    for step, expected in (
+        (teapot, (418, "I'm a Teapot")),
+        (unavailable, (503, "Internal server error")),
+        (unnamed, (499, "Client error")),
+    ):
         endpoint.steps = (*built_in, Step("an odd step", step, waits=False))
         answers = []
         for on_lane in (True, False):
@@ -315,7 +322,7 @@ async def test_an_http_error_from_a_step_is_answered_as_the_handler_does(
             answers.append(answer_seen(await post_token(http_client, base_url)))
         assert answers[0] == answers[1]
         assert (answers[0][0], answers[0][2]["errorMessage"]) == expected
-    assert len(lane_finishes) == 2
+    assert len(lane_finishes) == 3
 
 
 @pytest.mark.settings(events_redis_url="redis://127.0.0.1:9/0")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from http import HTTPStatus
+from http.client import responses
 from typing import Any, ClassVar
 
 import orjson
@@ -23,6 +23,15 @@ from handlers.support.observe import Answering, observe_request, request_fields
 
 access_log = logging.getLogger("tornado.access")
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+# On every answer of this server's handlers and of the lane (handlers/support/lane.py).
+SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+def plain_error_message(status_code: int) -> str:
+    """The errorMessage of an error that brings none of its own (a plain HTTPError)."""
+    if status_code >= 500:
+        return "Internal server error"
+    return responses.get(status_code, "Client error")  # a code Python has no name for: 499
 
 
 def log_request(handler: Answering) -> None:
@@ -68,10 +77,8 @@ class JsonErrors(tornado.web.RequestHandler):
             message = error.message
             for name, value in error.headers.items():
                 self.set_header(name, value)
-        elif status_code >= 500:
-            message = "Internal server error"
         else:
-            message = HTTPStatus(status_code).phrase
+            message = plain_error_message(status_code)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(orjson.dumps({"errorMessage": message}))
 
@@ -155,8 +162,8 @@ class Handler(Tracked):
     def set_default_headers(self) -> None:
         # Constants: straight into the headers, without set_header's checks of each value.
         headers = self._headers
-        headers["Cache-Control"] = "no-store"
-        headers["X-Content-Type-Options"] = "nosniff"
+        for name, value in SECURITY_HEADERS.items():
+            headers[name] = value
         cors = cors_headers(type(self), self.request, self.config)
         self.cors_allowed = cors is not None
         for name, value in (cors or {}).items():

@@ -30,11 +30,13 @@ from ground.config import Config
 from ground.errors import ApiError
 from handlers.support.base import (
     JSON_CONTENT_TYPE,
+    SECURITY_HEADERS,
     SERVER_HEADER,
     Handler,
     cors_headers,
     http_date,
     log_request,
+    plain_error_message,
 )
 
 app_log = logging.getLogger("tornado.application")
@@ -139,8 +141,7 @@ class Lane(httputil.HTTPMessageDelegate):
             exchange.headers = error.headers
             return error.status_code, {"errorMessage": error.message}
         if isinstance(error, tornado.web.HTTPError):
-            code = error.status_code
-            return code, {"errorMessage": responses[code] if code < 500 else "Internal server error"}
+            return error.status_code, {"errorMessage": plain_error_message(error.status_code)}
         request = self.request
         app_log.error("Uncaught exception %s %s", request.method, request.path, exc_info=error)
         return 500, {"errorMessage": "Internal server error"}
@@ -152,8 +153,8 @@ class Lane(httputil.HTTPMessageDelegate):
         headers["Server"] = SERVER_HEADER
         headers["Content-Type"] = JSON_CONTENT_TYPE
         headers["Date"] = http_date.now()
-        headers["Cache-Control"] = "no-store"
-        headers["X-Content-Type-Options"] = "nosniff"
+        for name, value in SECURITY_HEADERS.items():
+            headers[name] = value
         for name, value in (cors_headers(self.endpoint, request, exchange.config) or {}).items():
             headers[name] = value
         for name, value in exchange.headers.items():
@@ -163,7 +164,7 @@ class Lane(httputil.HTTPMessageDelegate):
             status, headers, body = transform(request).transform_first_chunk(status, headers, body, True)
         connection = request.connection
         assert connection is not None
-        start_line = httputil.ResponseStartLine("", status, responses[status])
+        start_line = httputil.ResponseStartLine("", status, responses.get(status, "Unknown"))  # as Tornado
         connection.write_headers(start_line, headers, body)
         connection.finish()
         log_request(exchange)
