@@ -79,7 +79,10 @@ def verified_claims(token: str, secrets: Mapping[str, str], leeway: int) -> dict
     HS256, it has an `exp` not past and no `nbf` or `iat` in the future, each give or take
     `leeway` seconds; otherwise InvalidToken. What joserfc and livekit-api's TokenVerifier
     (PyJWT) both refuse is refused; where they differ, this does as one of them does."""
-    segments = token.encode().split(b".")
+    try:
+        segments = token.encode("ascii").split(b".")
+    except UnicodeEncodeError:
+        raise InvalidToken("not ASCII") from None
     if len(segments) != 3:
         raise InvalidToken("not three segments")
     header_segment, claims_segment, signature = segments

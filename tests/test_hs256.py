@@ -133,6 +133,8 @@ def _corpus() -> dict[str, str]:
         "two segments": f"{header}.{claims}",
         "four segments": valid + ".x",
         "a leading space": " " + valid,
+        "a latin-1 letter": valid[:20] + "é" + valid[21:],
+        "a lone surrogate": valid[:20] + "\udc80" + valid[21:],
         "empty": "",
     }
     for at, char in enumerate(valid):
