@@ -23,7 +23,7 @@ from typing import Any, TypeGuard
 import orjson
 
 _HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
-_SEGMENT = re.compile(rb"[A-Za-z0-9_-]*")  # base64url without padding, as RFC 7515 writes it
+_SEGMENT = re.compile(rb"[A-Za-z0-9_-]*")  # base64url's alphabet, no padding (RFC 7515)
 
 
 class InvalidToken(ValueError):
@@ -42,7 +42,8 @@ def _signature(signing_input: bytes, secret: str) -> bytes:
 
 
 def sign(claims: dict[str, Any], secret: str) -> str:
-    """A compact HS256 JWT: what PyJWT's encode produces for these claims."""
+    """A compact HS256 JWT: what PyJWT's encode produces for these claims (but for text
+    beyond ASCII, written as UTF-8 rather than \\u escapes: the same claims once read)."""
     signing_input = _HEADER + b"." + base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=")
     return (signing_input + b"." + _signature(signing_input, secret)).decode()
 
@@ -54,10 +55,13 @@ def _json_object(segment: bytes) -> dict[str, Any]:
         text = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
     except binascii.Error:
         raise InvalidToken("a segment is not base64url") from None
+    if base64.urlsafe_b64encode(text).rstrip(b"=") != segment:  # spare bits set in its last character
+        raise InvalidToken("a segment is not canonical base64url")
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
-        # The libraries read with Python's json, which also takes NaN and Infinity.
+        # The libraries read with Python's json, which takes more: NaN and Infinity,
+        # integers beyond 64 bits, nesting beyond 1,024 levels, UTF-16. (Signed text only.)
         try:
             value = json.loads(text)
         except (ValueError, RecursionError):
@@ -74,11 +78,23 @@ def _is_time(value: Any) -> TypeGuard[int | float]:
     )
 
 
+def _plain_hs256(header: dict[str, Any]) -> bool:
+    """HS256 over base64url segments: no other algorithm, no extension but RFC 7797's `b64`
+    left at its default (an unencoded payload is not read), a `kid` if any a string."""
+    if header.get("alg") != "HS256" or header.get("b64", True) is not True:
+        return False
+    crit = header.get("crit")
+    if crit is not None and (crit != ["b64"] or "b64" not in header):
+        return False
+    return isinstance(header.get("kid", ""), str)
+
+
 def verified_claims(token: str, secrets: Mapping[str, str], leeway: int) -> dict[str, Any]:
     """The claims of `token` when the secret of the API key its `iss` names signed it with
     HS256, it has an `exp` not past and no `nbf` or `iat` in the future, each give or take
     `leeway` seconds; otherwise InvalidToken. What joserfc and livekit-api's TokenVerifier
-    (PyJWT) both refuse is refused; where they differ, this does as one of them does."""
+    (PyJWT) both refuse is refused and what both accept is accepted (tests/test_hs256.py
+    names where they differ and which side this takes)."""
     try:
         segments = token.encode("ascii").split(b".")
     except UnicodeEncodeError:
@@ -86,18 +102,22 @@ def verified_claims(token: str, secrets: Mapping[str, str], leeway: int) -> dict
     if len(segments) != 3:
         raise InvalidToken("not three segments")
     header_segment, claims_segment, signature = segments
-    claims = _json_object(claims_segment)  # its issuer names the secret
-    issuer = claims.get("iss")
-    secret = secrets.get(issuer) if isinstance(issuer, str) else None
-    if secret is None:
-        raise InvalidToken("not issued by one of these API keys")
-    expected = _signature(header_segment + b"." + claims_segment, secret)
-    if not hmac.compare_digest(expected, signature):
+    # The signature first, under each API key's secret (a few at most): nothing an
+    # outsider sends is parsed before it is known to be signed.
+    signing_input = header_segment + b"." + claims_segment
+    signers = [
+        key
+        for key, secret in secrets.items()
+        if hmac.compare_digest(_signature(signing_input, secret), signature)
+    ]
+    if not signers:
         raise InvalidToken("signature")
-    header = _json_object(header_segment)
-    if header.get("alg") != "HS256" or "crit" in header or not isinstance(header.get("kid", ""), str):
-        raise InvalidToken("not HS256, or an extension this reader does not know")
-    if "aud" in claims:  # for some other audience: livekit-api's TokenVerifier refuses it too
+    claims = _json_object(claims_segment)
+    if claims.get("iss") not in signers:  # signed with the secret of another key than it names
+        raise InvalidToken("not issued by the key whose secret signed it")
+    if not _plain_hs256(_json_object(header_segment)):
+        raise InvalidToken("not plain HS256")
+    if claims.get("aud") not in (None, "", []):  # for some audience: PyJWT refuses it when none is expected
         raise InvalidToken("aud")
     if not isinstance(claims.get("sub", ""), str) or not isinstance(claims.get("jti", ""), str):
         raise InvalidToken("sub or jti is not a string")

@@ -37,8 +37,7 @@ class WebhookVerifier:
     The JWT: HS256, signed with the secret of the API key it names as issuer (`iss`), an
     `exp` required, WEBHOOK_LEEWAY of clock skew (ground/hs256.py). Several keys may sign
     (LIVEKIT_WEBHOOK_KEYS), so a LiveKit server's key can be rotated. Only the holder of a
-    secret can sign a token, so claims a webhook does not use, such as `aud` or the
-    grants, are not looked at."""
+    secret can sign a token, so the grants, which a webhook does not use, are not read."""
 
     def __init__(self, api_key: str, api_secret: str, more_keys: Iterable[tuple[str, str]] = ()) -> None:
         self._secrets = dict([(api_key, api_secret), *more_keys])

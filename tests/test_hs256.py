@@ -48,6 +48,20 @@ def _token(header: Any = None, claims: Any = None, *, secret: str = API_SECRET, 
     return signing_input + "." + _segment(hmac.digest(secret.encode(), signing_input.encode(), "sha256"))
 
 
+def _signed(header_segment: str, claims_segment: str) -> str:
+    signing_input = f"{header_segment}.{claims_segment}"
+    return signing_input + "." + _segment(hmac.digest(API_SECRET.encode(), signing_input.encode(), "sha256"))
+
+
+_BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _spare_bit_set(segment: str) -> str:
+    """The same bytes, written with a bit set that base64url leaves over in its last
+    character (which decoders ignore, and joserfc and PyJWT refuse)."""
+    return segment[:-1] + _BASE64URL[_BASE64URL.index(segment[-1]) | 1]
+
+
 def _claims(**changes: Any) -> dict[str, Any]:
     now = int(time.time())
     claims = {"iss": API_KEY, "nbf": now, "exp": now + 300, "sha256": "x", **changes}
@@ -78,6 +92,9 @@ def _corpus() -> dict[str, str]:
         "NaN": b'{"alg":"HS256","x":NaN}',
         "alg twice, none last": b'{"alg":"HS256","alg":"none"}',
         "alg twice, HS256 last": b'{"alg":"none","alg":"HS256"}',
+        "b64 false without crit": {"alg": "HS256", "b64": False},
+        "b64 true in crit": {"alg": "HS256", "b64": True, "crit": ["b64"]},
+        "b64 in crit but absent": {"alg": "HS256", "crit": ["b64"]},
     }.items():
         tokens[f"header {name}"] = _token(header)
     for name, claims in {
@@ -111,6 +128,9 @@ def _corpus() -> dict[str, str]:
         "jti a number": _claims(jti=5),
         "aud a number": _claims(aud=5),
         "aud a list": _claims(aud=["a"]),
+        "aud empty": _claims(aud=""),
+        "aud an empty list": _claims(aud=[]),
+        "aud null": _claims(aud=None),
         "an array": [],
     }.items():
         tokens[f"claims {name}"] = _token(claims=claims)
@@ -127,6 +147,14 @@ def _corpus() -> dict[str, str]:
     }.items():
         tokens[f"raw claims {name}"] = _token(raw=raw)
     header, claims, signature = valid.split(".")
+    header_text = b'{"alg": "HS256"}'  # 16 bytes: 4 spare bits in the last character
+    claims_text = json.dumps(_claims()).encode()
+    claims_text += b" " * (1 - len(claims_text) % 3) if len(claims_text) % 3 != 1 else b""
+    tokens |= {
+        "header with a spare bit set": _signed(_spare_bit_set(_segment(header_text)), claims),
+        "claims with a spare bit set": _signed(header, _spare_bit_set(_segment(claims_text))),
+        "claims with no spare bit set": _signed(header, _segment(claims_text)),
+    }
     tokens |= {
         "signature padded": valid + "=" * (-len(signature) % 4),
         "signature empty": f"{header}.{claims}.",
@@ -192,6 +220,7 @@ DIFFERENCES = {
     "claims nbf a boolean": False,  # joserfc
     "claims iat a string": False,  # joserfc
     "claims aud a list": False,  # PyJWT, as livekit-api's TokenVerifier: no audience is expected
+    "claims aud null": True,  # PyJWT; joserfc wants a string or a list
     "signature padded": False,  # joserfc: RFC 7515 writes base64url without padding
 }
 
@@ -214,6 +243,9 @@ def test_verification_agrees_with_joserfc_and_pyjwt() -> None:
         "valid",
         *(f"header {name}" for name in ("alg only", "kid", "unknown member", "typ a number", "NaN")),
         "header alg twice, HS256 last",
+        "header b64 true in crit",
+        "claims with no spare bit set",
+        *(f"claims aud {name}" for name in ("empty", "an empty list", "null")),
         *(
             f"claims {name}"
             for name in (
@@ -240,3 +272,18 @@ def test_the_claims_come_back_and_the_issuer_picks_the_secret() -> None:
     for issuer, secret in [("second", API_SECRET), ("third", "second-secret")]:
         with pytest.raises(hs256.InvalidToken):
             hs256.verified_claims(_token(claims=_claims(iss=issuer), secret=secret), secrets, LEEWAY)
+
+
+def test_nothing_is_read_before_the_signature_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token signed by no one is refused on its signature alone, however large its claims
+    (the header allows 64 KiB): JSON an outsider sends is never parsed."""
+    read: list[bytes] = []
+    real = hs256._json_object
+    monkeypatch.setattr(hs256, "_json_object", lambda segment: read.append(segment) or real(segment))
+    claims = _segment(b'{"a":[' + b"1.5e-300," * 5000 + b'1],"iss":"' + API_KEY.encode() + b'","b":NaN}')
+    forged = _segment(b'{"alg":"HS256"}') + "." + claims + "." + "A" * 43
+    with pytest.raises(hs256.InvalidToken):
+        hs256.verified_claims(forged, {API_KEY: API_SECRET, "second": "second-secret"}, LEEWAY)
+    assert read == []
+    hs256.verified_claims(_token(), {API_KEY: API_SECRET}, LEEWAY)
+    assert len(read) == 2  # the claims and the header, once signed
