@@ -84,7 +84,9 @@ def _plain_hs256(header: dict[str, Any]) -> bool:
     if header.get("alg") != "HS256" or header.get("b64", True) is not True:
         return False
     crit = header.get("crit")
-    if crit is not None and (crit != ["b64"] or "b64" not in header):
+    if crit is not None and (
+        not isinstance(crit, list) or not crit or any(name != "b64" for name in crit) or "b64" not in header
+    ):
         return False
     return isinstance(header.get("kid", ""), str)
 

@@ -143,7 +143,6 @@ def test_a_failed_add_is_not_remembered_as_seen(server_process: Any, redis_serve
     redis = redis_server()
     server = server_process(EVENTS_REDIS_URL=redis.url)
     direct = redis_client.Redis.from_url(redis.url)
-    direct.delete("livekit:events")
     direct.set("livekit:events", "not a stream")  # XADD now fails inside the script
     event = webhook_event("room_started", room="lost-before")
     assert post_webhook(server.url, event) == 503
@@ -186,7 +185,6 @@ def test_the_reader_never_dies_silently(server_process: Any, redis_server: Any) 
     # the stream could break before the replay read it.)
     assert len(page.wait_for(1)) == 1
     direct = redis_client.Redis.from_url(redis.url)
-    direct.delete("livekit:events")
     direct.set("livekit:events", "not a stream")  # the reader's XREAD now fails
     deadline = time.monotonic() + 10
     while health(server)[0] == 200 and time.monotonic() < deadline:
@@ -202,7 +200,6 @@ def test_the_reader_never_dies_silently(server_process: Any, redis_server: Any) 
     event = webhook_event("room_started", room="after")
     assert post_webhook(server.url, event) == 200
     assert [frame["event"]["id"] for frame in page.wait_for(2)] == [before["id"], event["id"]]
-    assert page.close_code is None
     page.close()
     direct.close()
 

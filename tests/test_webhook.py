@@ -176,7 +176,7 @@ def _claims_token(body: bytes, **changes: Any) -> str:
 
 def _deeply_nested_token(body: bytes) -> str:
     """Signed claims with an array nested 30,000 deep: past what json's parser takes on any
-    Python this server runs on (3.13's takes 5,000), under joserfc's size limit."""
+    Python this server runs on (3.13's takes 5,000), and short enough for one header."""
     claims = jwt.decode(_claims_token(body), options={"verify_signature": False})
     text = json.dumps(claims)[:-1] + ', "deep": ' + "[" * 30_000 + "]" * 30_000 + "}"
 
