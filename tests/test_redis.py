@@ -143,6 +143,7 @@ def test_a_failed_add_is_not_remembered_as_seen(server_process: Any, redis_serve
     redis = redis_server()
     server = server_process(EVENTS_REDIS_URL=redis.url)
     direct = redis_client.Redis.from_url(redis.url)
+    direct.delete("livekit:events")
     direct.set("livekit:events", "not a stream")  # XADD now fails inside the script
     event = webhook_event("room_started", room="lost-before")
     assert post_webhook(server.url, event) == 503
