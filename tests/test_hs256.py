@@ -97,6 +97,7 @@ def _corpus() -> dict[str, str]:
         "b64 in crit but absent": {"alg": "HS256", "crit": ["b64"]},
         "b64 twice in crit": {"alg": "HS256", "b64": True, "crit": ["b64", "b64"]},
         "crit empty": {"alg": "HS256", "b64": True, "crit": []},
+        "crit null": {"alg": "HS256", "crit": None},
     }.items():
         tokens[f"header {name}"] = _token(header)
     for name, claims in {
